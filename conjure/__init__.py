@@ -1,0 +1,67 @@
+"""conjure: semantic similarity of texts by the images they conjure.
+
+    import conjure
+    model = conjure.load_model()                       # the embedded OpenMoji model; or "sd-v1-4", a folder, a hub id
+    r = conjure.score(model, "snow leopard", "bengal tiger")
+    r.jeffreys, r.kl_ab, r.kl_ba, r.stderr, r.per_step
+    for event in conjure.stream(model, "snow leopard", "bengal tiger"):
+        event.step, event.image_a, event.image_b, event.jeffreys
+    results = conjure.score_pairs(model, [("a", "b"), ...], batch_size=8)
+
+The divergence is the Jeffreys divergence between the reverse diffusion processes
+that the model runs under each text (Liu & Soatto, "Conjuring Semantic
+Similarity", ICLR 2026). Estimator settings are keyword arguments: steps,
+samples, guidance, seed, size, eta, weighting (see `conjure.Settings`).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+from conjure.jeffreys import ConjureError, JeffreysResult, Settings, StepEvent, score_batch
+from conjure.jeffreys import stream as _stream
+from conjure.minilm import PromptTruncatedWarning
+from conjure.models import MODEL_ALIASES, ModelLoadError, default_model, load_model
+
+__all__ = [
+    "load_model", "score", "score_pairs", "stream", "text_similarity",
+    "Settings", "JeffreysResult", "StepEvent", "ConjureError", "ModelLoadError", "PromptTruncatedWarning",
+    "MODEL_ALIASES", "default_model",
+]
+__version__ = "0.1.0"
+
+
+def stream(model, text_a: str, text_b: str, *, previews: bool = True, decode_final: bool = True,
+           **settings) -> Iterator[StepEvent]:
+    """One StepEvent per sampler step (images, per-step KL, running totals); the last carries the result."""
+    return _stream(load_model(model), text_a, text_b, Settings(**settings), previews=previews, decode_final=decode_final)
+
+
+def score(model, text_a: str, text_b: str, **settings) -> JeffreysResult:
+    """Jeffreys divergence between the reverse processes of two texts (smaller = more similar)."""
+    *_, last = stream(model, text_a, text_b, previews=False, decode_final=False, **settings)
+    return last.result
+
+
+def score_pairs(model, pairs: Iterable[tuple[str, str]], *, batch_size: int = 8, progress: bool = False,
+                **settings) -> list[JeffreysResult]:
+    """Score many pairs, `batch_size` pairs per model call; the same seed gives every pair the same noise."""
+    from tqdm.auto import tqdm
+
+    model, pairs, s = load_model(model), list(pairs), Settings(**settings)
+    if batch_size < 1:
+        raise ConjureError(f"batch_size must be at least 1, got {batch_size}")
+    results: list[JeffreysResult] = []
+    with tqdm(total=len(pairs), unit="pair", disable=not progress) as bar:
+        for i in range(0, len(pairs), batch_size):
+            results += score_batch(model, pairs[i : i + batch_size], s)
+            bar.update(len(pairs[i : i + batch_size]))
+    return results
+
+
+def text_similarity(model, text_a: str, text_b: str) -> float:
+    """Cosine similarity of the model's own text embeddings: the 'what the words say' baseline."""
+    from conjure.models.base import cosine
+
+    emb = load_model(model).text_embedding([text_a, text_b])
+    return cosine(emb[0], emb[1])

