@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator
 
-from conjure.jeffreys import ConjureError, JeffreysResult, Settings, StepEvent, score_batch
+from conjure.errors import ConjureError, ModelLoadError
+from conjure.jeffreys import JeffreysResult, Settings, StepEvent, score_batch
 from conjure.jeffreys import stream as _stream
 from conjure.minilm import PromptTruncatedWarning
-from conjure.models import MODEL_ALIASES, ModelLoadError, default_model, load_model
+from conjure.models import MODEL_ALIASES, default_model, load_model
 
 __all__ = [
     "load_model", "score", "score_pairs", "stream", "text_similarity",

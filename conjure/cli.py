@@ -12,7 +12,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from conjure.jeffreys import ConjureError, Settings
+from conjure.errors import ConjureError
+from conjure.jeffreys import Settings
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:

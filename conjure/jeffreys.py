@@ -30,13 +30,10 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from conjure.errors import ConjureError
 from conjure.models.base import Conditioning
 
 WEIGHTINGS = ("exact", "uniform")
-
-
-class ConjureError(ValueError):
-    """Bad input or an unusable model, with a message meant for the user."""
 
 
 @dataclass(frozen=True)

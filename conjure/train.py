@@ -16,7 +16,7 @@ import copy
 import json
 import math
 import os
-import random
+import signal
 import time
 from pathlib import Path
 
@@ -195,7 +195,12 @@ def train(args):
         with open(run / "loss.csv", "w") as f:
             f.write("step,loss\n" + "".join(f"{s},{l:.5f}\n" for s, l in log))
 
-    while step < args.steps and time.time() < deadline:
+    # SIGTERM (or Ctrl-C) stops after the current step with a checkpoint, so nothing is lost.
+    stop = {"now": False}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.update(now=True))
+
+    while step < args.steps and time.time() < deadline and not stop["now"]:
         t0 = time.time()
         x0, tokens, mask, pooled = sample_batch(data, args.batch_size, args.caption_dropout, generator)
         t = torch.randint(0, len(abar), (len(x0),), generator=generator)

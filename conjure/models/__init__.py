@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from conjure.jeffreys import ConjureError
+from conjure.errors import ConjureError, ModelLoadError
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 EMBEDDED_MODEL = ASSETS / "emoji-32"
@@ -20,10 +20,6 @@ MODEL_ALIASES = {
     "sd-2-1": "stabilityai/stable-diffusion-2-1",
     "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
 }
-
-
-class ModelLoadError(ConjureError):
-    """A model could not be found or loaded."""
 
 
 def default_model() -> str:

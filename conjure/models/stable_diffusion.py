@@ -105,7 +105,9 @@ class StableDiffusionModel:
     def decode(self, x0: torch.Tensor) -> np.ndarray:
         vae = self.pipe.vae
         dtype = torch.float32 if getattr(vae.config, "force_upcast", False) else vae.dtype
-        images = vae.to(dtype).decode(x0.to(self.device, dtype) / vae.config.scaling_factor).sample
+        if vae.dtype != dtype:
+            vae.to(dtype)
+        images = vae.decode(x0.to(self.device, dtype) / vae.config.scaling_factor).sample
         return to_uint8(images)
 
 

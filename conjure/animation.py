@@ -1,0 +1,233 @@
+"""Pictures of a run, drawn with Pillow: difference maps, animation frames and small looping GIFs.
+
+    difference_map(event.difference, event.image_a)            # where the two prompts' predictions differ
+    frames = trajectory_frames(images_a, images_b, differences, per_step, "snow leopard", "bengal tiger")
+    write_gif(frames, "trajectories.gif", durations)            # palette-optimised, loops forever
+
+UI-free: plain numpy arrays in, PIL images and files out, so the app, notebooks and
+scripts draw the same pictures.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+# One colour per curve, shared with the app's live plot.
+COLOR_A = "#1c7ed6"  # along trajectory A (prompt 1): KL(A||B) per step
+COLOR_B = "#f76707"  # along trajectory B (prompt 2): KL(B||A) per step
+COLOR_TOTAL = "#862e9c"  # the running Jeffreys divergence
+INK, GRID, PAPER = (33, 37, 41), (222, 226, 230), (255, 255, 255)
+
+# Anchors of a perceptually ordered black -> purple -> orange -> yellow map (like matplotlib's inferno).
+_HEAT_ANCHORS = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66],
+                          [245, 125, 21], [250, 193, 39], [252, 255, 164]], dtype=np.float32)
+HEAT_LUT = np.stack([np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_HEAT_ANCHORS)), _HEAT_ANCHORS[:, c])
+                     for c in range(3)], axis=1).round().astype(np.uint8)
+
+
+@lru_cache(maxsize=8)
+def font(size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=size)
+
+
+# --- single images ----------------------------------------------------------------------
+
+
+def resize(image: np.ndarray, side: int) -> Image.Image:
+    """A square panel: nearest-neighbour when enlarging (keeps tiny images crisp), Lanczos when shrinking."""
+    img = Image.fromarray(image)
+    if img.size == (side, side):
+        return img
+    return img.resize((side, side), Image.NEAREST if img.width < side else Image.LANCZOS)
+
+
+def difference_map(difference: np.ndarray, under: np.ndarray | None = None, opacity: float = 0.75) -> np.ndarray:
+    """Colour the per-pixel size of the prediction difference (scaled to this map's maximum).
+
+    Laid over a grey copy of `under` (an image of the trajectory) so the hot spots can be
+    located in the picture; the map is resized to `under`'s resolution.
+    """
+    d = np.nan_to_num(np.asarray(difference, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    peak = float(d.max()) if d.size else 0.0
+    heat = HEAT_LUT[np.clip(d / peak * 255, 0, 255).astype(np.uint8) if peak > 0 else np.zeros(d.shape, np.uint8)]
+    if under is None:
+        return heat
+    h, w = under.shape[:2]
+    if heat.shape[:2] != (h, w):
+        heat = np.asarray(Image.fromarray(heat).resize((w, h), Image.BILINEAR))
+    grey = under.astype(np.float32).mean(axis=2, keepdims=True)
+    return (opacity * heat + (1 - opacity) * grey).round().astype(np.uint8)
+
+
+def fit_text(text: str, size: int, width: int) -> str:
+    """`text`, shortened with an ellipsis to fit `width` pixels."""
+    f = font(size)
+    if f.getlength(text) <= width:
+        return text
+    while text and f.getlength(text + "…") > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def nice_ceiling(value: float) -> float:
+    """The smallest 1, 2, 5 x 10^n at or above `value` (an axis limit that changes rarely)."""
+    if not math.isfinite(value) or value <= 0:
+        return 1.0
+    exponent = math.floor(math.log10(value))
+    for m in (1, 2, 5, 10):
+        if m * 10**exponent >= value * (1 - 1e-9):
+            return m * 10.0**exponent
+    return 10.0 ** (exponent + 1)
+
+
+def format_number(x: float) -> str:
+    return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.2e}"
+
+
+# --- the divergence curve ---------------------------------------------------------------
+
+
+def draw_curves(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], per_step: dict, upto: int,
+                y_max: float) -> None:
+    """Per-step KL along A and along B, and the running Jeffreys total, for steps 1..upto, on fixed axes.
+
+    `per_step` has lists "kl_ab" and "kl_ba" over all steps; the axes span all steps and
+    0..y_max, so the curves grow frame by frame instead of rescaling.
+    """
+    left, top, right, bottom = box
+    small = font(11)
+    label_w = int(max(small.getlength(format_number(v)) for v in (y_max, y_max / 2))) + 6
+    x0, x1, y0, y1 = left + label_w, right - 4, bottom - 16, top + 16
+    steps = len(per_step["kl_ab"])
+
+    def px(step: int) -> float:
+        return x0 + (x1 - x0) * ((step - 1) / max(steps - 1, 1))
+
+    def py(value: float) -> float:
+        return y0 - (y0 - y1) * min(max(value / y_max, 0.0), 1.0)
+
+    for frac in (0.0, 0.5, 1.0):
+        y = py(frac * y_max)
+        draw.line([(x0, y), (x1, y)], fill=GRID)
+        draw.text((x0 - 4, y), format_number(frac * y_max), fill=INK, font=small, anchor="rm")
+    for step in range(1, steps + 1):
+        if steps <= 12 or step in (1, steps) or step % math.ceil(steps / 10) == 0:
+            draw.text((px(step), y0 + 3), str(step), fill=INK, font=small, anchor="mt")
+    draw.line([(px(upto), y1), (px(upto), y0)], fill=GRID, width=2)
+
+    ab, ba = per_step["kl_ab"][:upto], per_step["kl_ba"][:upto]
+    total = np.cumsum((np.asarray(ab) + np.asarray(ba)) / 2).tolist()
+    for values, color, width in ((ab, COLOR_A, 2), (ba, COLOR_B, 2), (total, COLOR_TOTAL, 3)):
+        points = [(px(s + 1), py(v)) for s, v in enumerate(values)]
+        if len(points) > 1:
+            draw.line(points, fill=color, width=width, joint="curve")
+        for x, y in points:
+            draw.ellipse([x - 2.5, y - 2.5, x + 2.5, y + 2.5], fill=color)
+
+    legend_x = x0
+    for text, color in (("KL along A", COLOR_A), ("KL along B", COLOR_B), ("Jeffreys so far", COLOR_TOTAL)):
+        draw.rectangle([legend_x, top + 3, legend_x + 10, top + 11], fill=color)
+        draw.text((legend_x + 14, top + 7), text, fill=INK, font=small, anchor="lm")
+        legend_x += 24 + int(small.getlength(text))
+
+
+def curve_limit(per_step: dict) -> float:
+    """A y-axis limit that holds every curve of `draw_curves` at every step."""
+    ab, ba = np.asarray(per_step["kl_ab"]), np.asarray(per_step["kl_ba"])
+    peak = max(float(np.max(ab, initial=0)), float(np.max(ba, initial=0)), float(np.sum(ab + ba) / 2))
+    return nice_ceiling(peak)
+
+
+# --- animation frames -------------------------------------------------------------------
+
+
+def trajectory_frames(images_a: Sequence[np.ndarray], images_b: Sequence[np.ndarray],
+                      differences: Sequence[np.ndarray], per_step: dict, text_a: str, text_b: str,
+                      panel: int = 160) -> list[Image.Image]:
+    """One frame per sampler step: trajectory A | trajectory B | difference map, the step, and the curves."""
+    steps, gap, header, caption, chart = len(images_a), 8, 26, 20, 150
+    width = 3 * panel + 4 * gap
+    height = header + panel + caption + chart + gap
+    y_max = curve_limit(per_step)
+    total = np.cumsum((np.asarray(per_step["kl_ab"]) + np.asarray(per_step["kl_ba"])) / 2)
+    frames = []
+    for i in range(steps):
+        frame = Image.new("RGB", (width, height), PAPER)
+        draw = ImageDraw.Draw(frame)
+        draw.text((gap, header // 2), f"step {i + 1}/{steps}", fill=INK, font=font(15), anchor="lm")
+        draw.text((width - gap, header // 2), f"Jeffreys so far {format_number(float(total[i]))}",
+                  fill=COLOR_TOTAL, font=font(15), anchor="rm")
+        diff = difference_map(differences[i], images_a[i])
+        for n, (image, label, color) in enumerate(((images_a[i], text_a, COLOR_A), (images_b[i], text_b, COLOR_B),
+                                                   (diff, "where they differ", INK))):
+            x = gap + n * (panel + gap)
+            frame.paste(resize(image, panel), (x, header))
+            draw.text((x + panel / 2, header + panel + caption / 2), fit_text(label, 13, panel), fill=color,
+                      font=font(13), anchor="mm")
+        draw_curves(draw, (gap, header + panel + caption, width - gap, height - gap), per_step, i + 1, y_max)
+        frames.append(frame)
+    return frames
+
+
+def morph_frames(images: np.ndarray, weights: Sequence[float], text_a: str, text_b: str,
+                 panel: int = 256) -> list[Image.Image]:
+    """One frame per stage: the image, both prompts, and a bar at the stage's interpolation weight."""
+    gap, caption = 8, 44
+    width, height = panel + 2 * gap, panel + caption + gap
+    frames = []
+    for image, w in zip(images, weights):
+        frame = Image.new("RGB", (width, height), PAPER)
+        draw = ImageDraw.Draw(frame)
+        frame.paste(resize(image, panel), (gap, gap))
+        top = panel + gap + 6
+        draw.text((gap, top), fit_text(text_a, 13, panel // 2 - 4), fill=COLOR_A, font=font(13), anchor="lt")
+        draw.text((width - gap, top), fit_text(text_b, 13, panel // 2 - 4), fill=COLOR_B, font=font(13), anchor="rt")
+        bar_y = top + 22
+        draw.rounded_rectangle([gap, bar_y, width - gap, bar_y + 8], radius=4, fill=GRID)
+        knob = gap + (width - 2 * gap) * float(w)
+        draw.rounded_rectangle([gap, bar_y, max(knob, gap + 8), bar_y + 8], radius=4, fill=COLOR_B)
+        draw.ellipse([knob - 6, bar_y - 2, knob + 6, bar_y + 10], fill=COLOR_A if w < 0.5 else COLOR_B)
+        frames.append(frame)
+    return frames
+
+
+# --- GIF ----------------------------------------------------------------------------------
+
+
+def shared_palette(frames: Sequence[Image.Image], colors: int = 255) -> Image.Image:
+    """One adaptive palette for all frames (a sample of their pixels), so frames differ only where they change."""
+    sample = [f.resize((max(f.width // 2, 1), max(f.height // 2, 1)), Image.NEAREST) for f in frames]
+    strip = Image.new("RGB", (max(s.width for s in sample), sum(s.height for s in sample)), PAPER)
+    y = 0
+    for s in sample:
+        strip.paste(s, (0, y))
+        y += s.height
+    return strip.quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
+
+
+def write_gif(frames: Sequence[Image.Image], path: str | Path, durations: int | Sequence[int] = 400) -> Path:
+    """A looping GIF: shared palette, no dithering (flat colours compress well), changed regions only."""
+    if not frames:
+        raise ValueError("a GIF needs at least one frame")
+    palette = shared_palette(frames)
+    indexed = [f.convert("RGB").quantize(palette=palette, dither=Image.Dither.NONE) for f in frames]
+    path = Path(path)
+    indexed[0].save(path, save_all=True, append_images=indexed[1:], duration=durations, loop=0, optimize=True,
+                    disposal=1)
+    return path
+
+
+def hold_ends(n: int, frame_ms: int, hold_ms: int, hold_first: bool = True) -> list[int]:
+    """Per-frame durations: `frame_ms` each, the last (and optionally the first) held for `hold_ms`."""
+    durations = [frame_ms] * n
+    if n:
+        durations[-1] = hold_ms
+        if hold_first and n > 1:
+            durations[0] = hold_ms
+    return durations

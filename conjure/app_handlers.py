@@ -1,0 +1,404 @@
+"""The Gradio app's server side: limits, the model allow-list and cache, and the Run handler.
+
+`app.py` lays out the page and wires these functions to it. Everything a user or an
+API caller sends is checked here, on the server, whatever the sliders allow:
+
+    CONJURE_MODEL             default model (an alias, a hub id or a folder); on ZeroGPU: sd-v1-4
+    CONJURE_EXTRA_MODELS      comma-separated hub ids or folders added to the allow-list
+    CONJURE_MAX_STEPS (50), CONJURE_MAX_SAMPLES (8), CONJURE_MAX_STAGES (16),
+    CONJURE_MAX_SIZE (1024), CONJURE_MAX_PROMPT_CHARS (300)
+    CONJURE_CACHED_MODELS (2) models kept loaded; CONJURE_CONCURRENCY (1) runs at once;
+    CONJURE_QUEUE_SIZE (16)   runs waiting at most
+
+All model work of a Run happens in one generator, `conjure_on_device`, wrapped in
+`spaces.GPU` when the `spaces` package is installed (a no-op off ZeroGPU). Only plain
+data crosses its boundary: names, numbers, dicts and numpy arrays.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+import os
+import re
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import gradio as gr
+import numpy as np
+
+import conjure
+from conjure import animation
+from conjure.jeffreys import ConjureError, Settings
+from conjure.morph import morph_steps
+
+log = logging.getLogger("conjure.app")
+
+# --- configuration ------------------------------------------------------------------------
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.strip() else default
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; enforced by `check_request`, mirrored by the sliders."""
+
+    max_steps: int = 50
+    max_samples: int = 8
+    max_stages: int = 16
+    max_size: int = 1024
+    max_prompt_chars: int = 300
+
+    @classmethod
+    def from_env(cls) -> "Limits":
+        return cls(*(env_int(f"CONJURE_{f.upper()}", getattr(cls, f)) for f in cls.__dataclass_fields__))
+
+
+LIMITS = Limits.from_env()
+DEFAULTS = {"steps": 10, "samples": 1, "guidance": 1.0, "seed": 0, "size": 0, "stages": 8}
+
+# The built-in allow-list: alias -> (label, image sides offered besides the model's default).
+BUILTIN_MODELS = {
+    "emoji": ("Embedded OpenMoji model (32 px, CPU)", (32, 48, 64)),
+    "sd-v1-4": ("Stable Diffusion v1.4", (256, 384, 512, 640, 768)),
+    "sd-v1-5": ("Stable Diffusion v1.5", (256, 384, 512, 640, 768)),
+    "sd-2-1": ("Stable Diffusion 2.1", (512, 768, 1024)),
+    "sdxl": ("Stable Diffusion XL base 1.0", (512, 768, 1024)),
+}
+
+# The text encoder behind each adapter's `text_embedding`, named for the baseline.
+TEXT_ENCODERS = {
+    "PixelModel": "MiniLM (all-MiniLM-L6-v2)",
+    "StableDiffusionModel": "CLIP text encoder",
+    "StableDiffusionXLModel": "CLIP ViT-bigG text encoder",
+}
+
+EXAMPLES = [
+    ["snow leopard", "bengal tiger"],
+    ["a bag of chips", "a bag of fries"],
+    ["leopard", "tiger"],
+    ["french fries", "hamburger"],
+    ["red apple", "green apple"],
+    ["sun", "crescent moon"],
+    ["cat face", "rocket"],
+]
+
+
+def default_model() -> str:
+    """$CONJURE_MODEL; else SD v1.4 on a ZeroGPU Space and the embedded model anywhere else."""
+    if os.environ.get("CONJURE_MODEL"):
+        return conjure.default_model()
+    return "sd-v1-4" if os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true") else "emoji"
+
+
+def allowed_models() -> dict[str, str]:
+    """Model name -> label: the built-ins, $CONJURE_EXTRA_MODELS and the default. Nothing else loads."""
+    models = {alias: label for alias, (label, _) in BUILTIN_MODELS.items()}
+    extra = [m.strip() for m in os.environ.get("CONJURE_EXTRA_MODELS", "").split(",") if m.strip()]
+    for name in [*extra, default_model()]:
+        models.setdefault(name, name)
+    return models
+
+
+def size_choices(model_name: str) -> list[tuple[str, int]]:
+    """Image sides offered for a model; 0 is the model's own default."""
+    sizes = BUILTIN_MODELS.get(model_name, ("", ()))[1]
+    return [("model default", 0)] + [(f"{s} px", s) for s in sizes]
+
+
+DEFAULT_MODEL = default_model()
+
+# --- the model cache --------------------------------------------------------------------
+
+
+class ModelCache:
+    """Models load once and stay loaded (the `capacity` most recently used).
+
+    One lock covers lookup, loading and eviction, so two users switching models at the
+    same time load each model once and never see a half-built cache. A run holds its own
+    reference, so evicting a model another run still uses cannot break that run.
+    """
+
+    def __init__(self, capacity: int = 2):
+        self.capacity = max(1, capacity)
+        self._models: OrderedDict[str, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._models
+
+    def get(self, name: str):
+        if name not in allowed_models():
+            raise ConjureError(f"unknown model {name!r}; choose one of: {', '.join(allowed_models())}")
+        with self._lock:
+            if name in self._models:
+                self._models.move_to_end(name)
+                return self._models[name]
+            while len(self._models) >= self.capacity:
+                evicted, _ = self._models.popitem(last=False)
+                log.info("unloading %s", evicted)
+                free_accelerator_memory()
+            log.info("loading %s", name)
+            model = conjure.load_model(name)
+            self._models[name] = model
+            return model
+
+
+def free_accelerator_memory() -> None:
+    import torch
+
+    if torch.cuda.is_initialized():  # never the first CUDA call: ZeroGPU forbids CUDA in the main process
+        torch.cuda.empty_cache()
+
+
+MODELS = ModelCache(env_int("CONJURE_CACHED_MODELS", 2))
+
+# --- checking a request -----------------------------------------------------------------
+
+
+def check_request(text_a, text_b, model_name, steps, samples, guidance, seed, size, stages,
+                  limits: Limits = LIMITS) -> dict:
+    """The validated request as plain values, or a ConjureError saying what is wrong."""
+    prompts = []
+    for which, text in (("A", text_a), ("B", text_b)):
+        if not isinstance(text, str) or not text.strip():
+            raise ConjureError(f"prompt {which} is empty: type a phrase")
+        if len(text) > limits.max_prompt_chars:
+            raise ConjureError(f"prompt {which} is {len(text)} characters long; the limit is {limits.max_prompt_chars}")
+        prompts.append(text.strip())
+    if model_name not in allowed_models():
+        raise ConjureError(f"unknown model {model_name!r}; choose one of: {', '.join(allowed_models())}")
+
+    def integer(name, value, low, high):
+        if isinstance(value, str):  # typed into a dropdown, or sent as text through the API
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConjureError(f"{name} must be a whole number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
+            raise ConjureError(f"{name} must be a whole number, got {value!r}")
+        if not low <= value <= high:
+            raise ConjureError(f"{name} must be between {low} and {high}, got {int(value)}")
+        return int(value)
+
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not (1 <= guidance <= 30):
+        raise ConjureError(f"guidance must be a number from 1 (none) to 30, got {guidance!r}")
+    return {
+        "text_a": prompts[0], "text_b": prompts[1], "model": model_name,
+        "steps": integer("steps", steps, 1, limits.max_steps),
+        "samples": integer("samples (k)", samples, 1, limits.max_samples),
+        "guidance": float(guidance),
+        "seed": integer("seed", seed, 0, 2**31 - 1),
+        "size": integer("image size", size or 0, 0, limits.max_size) or None,
+        "stages": integer("morph stages", stages, 2, limits.max_stages),
+    }
+
+
+def check_size(model, size: int | None, limits: Limits = LIMITS) -> None:
+    """Sides the model can sample: multiples of its `size_multiple`, up to twice its default (and the limit)."""
+    if size is None:
+        return
+    largest = min(limits.max_size, 2 * model.default_size)
+    if size % model.size_multiple or not model.size_multiple <= size <= largest:
+        raise ConjureError(f"image size for {model.name} must be a multiple of {model.size_multiple} "
+                           f"from {model.size_multiple} to {largest} px, got {size}")
+
+
+# --- the model work: one accelerator session per Run -----------------------------------------
+
+
+def on_gpu(duration: int):
+    """`spaces.GPU(duration=...)` when the `spaces` package is installed (it is a no-op off ZeroGPU)."""
+    try:
+        import spaces
+    except ImportError:
+        return lambda fn: fn
+    return spaces.GPU(duration=duration)
+
+
+@on_gpu(duration=120)
+def conjure_on_device(model_name: str, text_a: str, text_b: str, settings: dict, stages: int) -> Iterator[tuple]:
+    """Everything a Run computes with the model, as plain data.
+
+    Yields ("step", StepEvent) for each sampler step, then ("baseline", cosine, encoder
+    name), then ("morph", MorphStep) for each morph step. Out-of-memory becomes a
+    ConjureError here, inside, so it crosses a ZeroGPU process boundary intact.
+    """
+    import torch
+
+    try:
+        model = MODELS.get(model_name)
+        for event in conjure.stream(model, text_a, text_b, **settings):
+            yield "step", event
+        yield "baseline", conjure.text_similarity(model, text_a, text_b), text_encoder_name(model)
+        for step in morph_steps(model, text_a, text_b, stages, Settings(**settings)):
+            yield "morph", step
+    except torch.OutOfMemoryError:
+        free_accelerator_memory()
+        raise ConjureError("out of memory: try a smaller image size, fewer samples (k) or fewer morph stages") from None
+
+
+def text_encoder_name(model) -> str:
+    return TEXT_ENCODERS.get(type(model).__name__, "the model's text encoder")
+
+
+# --- the Run handler --------------------------------------------------------------------------
+
+# The Run event's outputs, in order (app.py builds components in this order; API users get them so).
+OUTPUTS = ("image_a", "image_b", "difference", "plot", "status", "result", "details",
+           "morph_gif", "trajectory_gif", "morph_download", "trajectory_download")
+
+
+def updates(**values) -> tuple:
+    """A value for every output; `gr.skip()` for those not named, so unchanged outputs are not re-sent."""
+    unknown = set(values) - set(OUTPUTS)
+    if unknown:
+        raise KeyError(f"not an output: {sorted(unknown)}")
+    return tuple(values[name] if name in values else gr.skip() for name in OUTPUTS)
+
+
+def plot_frame(per_step_ab: list[float], per_step_ba: list[float]):
+    """The live plot's data: per-step KL along each trajectory and the running Jeffreys total."""
+    import pandas as pd
+
+    steps = list(range(1, len(per_step_ab) + 1))
+    total = np.cumsum((np.asarray(per_step_ab) + np.asarray(per_step_ba)) / 2).tolist()
+    return pd.DataFrame({
+        "step": steps * 3,
+        "nats": [*per_step_ab, *per_step_ba, *total],
+        "curve": [PLOT_CURVES[0]] * len(steps) + [PLOT_CURVES[1]] * len(steps) + [PLOT_CURVES[2]] * len(steps),
+    })
+
+
+PLOT_CURVES = ("KL(A‖B) along A", "KL(B‖A) along B", "Jeffreys so far")
+PLOT_COLORS = dict(zip(PLOT_CURVES, (animation.COLOR_A, animation.COLOR_B, animation.COLOR_TOTAL)))
+
+
+def progress_bar(done: int, total: int, width: int = 20) -> str:
+    filled = round(width * done / max(total, 1))
+    return "▰" * filled + "▱" * (width - filled)
+
+
+def format_result(result, cosine: float, encoder: str) -> str:
+    se = f" ± {animation.format_number(result.stderr)}" if result.stderr is not None else ""
+    k = result.settings["samples"]
+    return "\n".join([
+        f"### Jeffreys divergence **{animation.format_number(result.jeffreys)}**{se} nats",
+        "",
+        "| what the images say (smaller = more alike) | | what the words say (larger = more alike) | |",
+        "|---|---|---|---|",
+        f"| KL(A‖B), along A | {animation.format_number(result.kl_ab)} | cosine similarity, {encoder} | **{cosine:.3f}** |",
+        f"| KL(B‖A), along B | {animation.format_number(result.kl_ba)} | | |",
+        f"| standard error over k = {k} | {animation.format_number(result.stderr) if result.stderr is not None else 'needs k ≥ 2'} | | |",
+        "",
+        f"{result.model} · {result.settings['steps']} steps · guidance {result.settings['guidance']:g} · "
+        f"seed {result.settings['seed']} · {result.seconds:.1f} s",
+    ])
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "prompt"
+
+
+def run_conjure(text_a: str, text_b: str, model: str = DEFAULT_MODEL, steps: int = DEFAULTS["steps"],
+                samples: int = DEFAULTS["samples"], guidance: float = DEFAULTS["guidance"], seed: int = DEFAULTS["seed"],
+                size: int = DEFAULTS["size"], stages: int = DEFAULTS["stages"]) -> Iterator[tuple]:
+    """The Run button and the `/conjure` API: stream both trajectories, the plot and the score; end with GIFs.
+
+    Inputs: the two prompts, then the model (a name from the allow-list), sampler steps,
+    Monte-Carlo samples k, guidance scale, seed, image size (0 = the model's default) and
+    morph stages. Outputs, in order: `OUTPUTS`.
+    """
+    try:
+        yield from _run(text_a, text_b, model, steps, samples, guidance, seed, size, stages)
+    except ConjureError as err:  # bad input, unknown model, out of memory, NaN: the user's message
+        raise gr.Error(html.escape(str(err)), print_exception=False) from None
+    except Exception as err:  # anything else: logged in full, reported briefly; the server keeps serving
+        log.exception("run failed")
+        raise gr.Error(html.escape(f"the run failed: {type(err).__name__}: {err}")) from None
+
+
+def _run(text_a, text_b, model_name, steps, samples, guidance, seed, size, stages) -> Iterator[tuple]:
+    request = check_request(text_a, text_b, model_name, steps, samples, guidance, seed, size, stages)
+    text_a, text_b, steps = request["text_a"], request["text_b"], request["steps"]
+    yield updates(status=f"Loading **{model_name}**…", result="", details=None,
+                  morph_gif=None, trajectory_gif=None,
+                  morph_download=gr.DownloadButton(value=None, visible=False),
+                  trajectory_download=gr.DownloadButton(value=None, visible=False))
+    model = MODELS.get(model_name)  # here, in the main process, so ZeroGPU's workers inherit it loaded
+    check_size(model, request["size"])
+    settings = asdict(Settings(steps=steps, samples=request["samples"], guidance=request["guidance"],
+                               seed=request["seed"], size=request["size"]))
+
+    images_a, images_b, differences, ab, ba = [], [], [], [], []
+    result = morph = None
+    cosine, encoder, y_limit, started = float("nan"), "", 0.0, time.perf_counter()
+    for kind, *payload in conjure_on_device(model_name, text_a, text_b, settings, request["stages"]):
+        if kind == "step":
+            event = payload[0]
+            if not math.isfinite(event.jeffreys):
+                raise ConjureError(f"the divergence became {event.jeffreys} at step {event.step}: the model produced "
+                                   "NaN or inf (half-precision overflow?); try another seed or guidance")
+            ab.append(event.kl_ab)
+            ba.append(event.kl_ba)
+            images_a.append(event.image_a)
+            images_b.append(event.image_b)
+            differences.append(event.difference)
+            frame = plot_frame(ab, ba)
+            if frame["nats"].max() > y_limit or event.step == 1:  # the y axis only ever grows, in 1-2-5 steps
+                y_limit = animation.nice_ceiling(float(frame["nats"].max()))
+                plot = gr.LinePlot(value=frame, x_lim=[1, max(steps, 2)], y_lim=[0, y_limit])
+            else:
+                plot = frame
+            rate = event.step / (time.perf_counter() - started)
+            yield updates(
+                image_a=event.image_a, image_b=event.image_b,
+                difference=animation.difference_map(event.difference, event.image_a), plot=plot,
+                status=f"**Step {event.step}/{steps}** {progress_bar(event.step, steps)} t = {event.timestep} · "
+                       f"Jeffreys so far **{animation.format_number(event.jeffreys)}** · {rate:.2f} steps/s",
+            )
+            result = event.result or result
+        elif kind == "baseline":
+            cosine, encoder = payload
+            for which, cut in zip("AB", result.truncated):
+                if cut:
+                    gr.Warning(f"prompt {which} was longer than the text encoder accepts and was truncated")
+            yield updates(result=format_result(result, cosine, encoder),
+                          details={**result.to_dict(), "text_similarity": cosine, "text_encoder": encoder},
+                          status=f"**Done: Jeffreys divergence {animation.format_number(result.jeffreys)}** · "
+                                 f"morphing {text_a!r} → {text_b!r} in {request['stages']} stages…")
+        elif kind == "morph":
+            morph = payload[0]
+            if morph.images is None:
+                yield updates(status=f"**Done: Jeffreys divergence {animation.format_number(result.jeffreys)}** · "
+                                     f"morphing: step {morph.step}/{morph.steps} {progress_bar(morph.step, morph.steps)}")
+
+    with tempfile.TemporaryDirectory(prefix="conjure-app-") as tmp:  # gone once Gradio has copied the files
+        name = f"{slug(text_a)}-vs-{slug(text_b)}"
+        morph_path = animation.write_gif(
+            animation.morph_frames(morph.images, morph.weights, text_a, text_b),
+            Path(tmp) / f"{name}-morph.gif", animation.hold_ends(len(morph.images), 300, 1200))
+        trajectory_path = animation.write_gif(
+            animation.trajectory_frames(images_a, images_b, differences, result.per_step, text_a, text_b),
+            Path(tmp) / f"{name}-trajectories.gif", animation.hold_ends(steps, 400, 2000, hold_first=False))
+        yield updates(
+            status=f"**Done: Jeffreys divergence {animation.format_number(result.jeffreys)}** "
+                   f"in {time.perf_counter() - started:.1f} s",
+            morph_gif=str(morph_path), trajectory_gif=str(trajectory_path),
+            morph_download=gr.DownloadButton(value=str(morph_path), visible=True),
+            trajectory_download=gr.DownloadButton(value=str(trajectory_path), visible=True),
+        )
+
+
+def on_model_change(model_name: str):
+    """Offer the image sides that model allows."""
+    return gr.Dropdown(choices=size_choices(model_name), value=0)

@@ -1,0 +1,17 @@
+"""The STS benchmark harness: `python -m conjure sts`.
+
+Reproduces the paper's evaluation, Spearman correlation x100 between human
+similarity and -D_J on STS-B (test), STS12-16 and SICK-R, beside baselines
+(the model's own text encoder, all-MiniLM-L6-v2), with a resumable score cache
+and sharding across processes under `accelerate launch`.
+
+    data.py      the test sets: file layouts, hub copies, subsampling, the full-stop rule
+    methods.py   the similarity methods and what their scores depend on (the cache key)
+    store.py     the SQLite score cache
+    report.py    correlations (scipy) and the Markdown tables
+    command.py   the command line and the run
+"""
+
+from conjure.sts.command import add_parser, cmd_sts
+
+__all__ = ["add_parser", "cmd_sts"]

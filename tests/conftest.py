@@ -1,0 +1,13 @@
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
+
+
+@pytest.fixture(scope="session")
+def tiny_sd1():
+    import conjure
+    from tiny_pipelines import tiny_sd
+
+    return conjure.load_model(tiny_sd(1))
