@@ -18,14 +18,16 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator
 
+import numpy as np
+
 from conjure.errors import ConjureError, ModelLoadError
-from conjure.jeffreys import JeffreysResult, Settings, StepEvent, score_batch
+from conjure.jeffreys import JeffreysResult, Settings, StepEvent, jeffreys_steps, score_batch
 from conjure.jeffreys import stream as _stream
 from conjure.minilm import PromptTruncatedWarning
 from conjure.models import MODEL_ALIASES, default_model, load_model
 
 __all__ = [
-    "load_model", "score", "score_pairs", "stream", "text_similarity",
+    "load_model", "score", "score_pairs", "stream", "text_similarity", "sample",
     "Settings", "JeffreysResult", "StepEvent", "ConjureError", "ModelLoadError", "PromptTruncatedWarning",
     "MODEL_ALIASES", "default_model",
 ]
@@ -66,3 +68,16 @@ def text_similarity(model, text_a: str, text_b: str) -> float:
 
     emb = load_model(model).text_embedding([text_a, text_b])
     return cosine(emb[0], emb[1])
+
+
+def sample(model, prompts: list[str], **settings) -> np.ndarray:
+    """Images drawn under each prompt by the estimator's own sampler: uint8 (len(prompts), k, H, W, 3).
+
+    A pair of identical prompts runs a single trajectory, so this costs one evaluation per
+    prompt, sample and step.
+    """
+    model = load_model(model)
+    *_, last = jeffreys_steps(model, [(p, p) for p in prompts], Settings(**settings))
+    x0 = last.x0[:, 0]  # trajectory A of each pair: (N, k, C, H, W)
+    images = model.decode(x0.flatten(0, 1))
+    return images.reshape(*x0.shape[:2], *images.shape[1:])

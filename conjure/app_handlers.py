@@ -35,7 +35,8 @@ import numpy as np
 
 import conjure
 from conjure import animation
-from conjure.jeffreys import ConjureError, Settings
+from conjure.errors import ConjureError
+from conjure.jeffreys import Settings
 from conjure.morph import morph_steps
 
 log = logging.getLogger("conjure.app")
@@ -64,6 +65,7 @@ class Limits:
 
 
 LIMITS = Limits.from_env()
+MAX_GUIDANCE = 20.0
 DEFAULTS = {"steps": 10, "samples": 1, "guidance": 1.0, "seed": 0, "size": 0, "stages": 8}
 
 # The built-in allow-list: alias -> (label, image sides offered besides the model's default).
@@ -136,6 +138,10 @@ class ModelCache:
     def __contains__(self, name: str) -> bool:
         return name in self._models
 
+    def loaded(self, name: str):
+        """The model if it is loaded, else None; takes no lock (a forked ZeroGPU worker may inherit it held)."""
+        return self._models.get(name)
+
     def get(self, name: str):
         if name not in allowed_models():
             raise ConjureError(f"unknown model {name!r}; choose one of: {', '.join(allowed_models())}")
@@ -144,8 +150,9 @@ class ModelCache:
                 self._models.move_to_end(name)
                 return self._models[name]
             while len(self._models) >= self.capacity:
-                evicted, _ = self._models.popitem(last=False)
-                log.info("unloading %s", evicted)
+                evicted = next(iter(self._models))
+                del self._models[evicted]  # the last reference, unless a run still holds one
+                log.info("unloaded %s", evicted)
                 free_accelerator_memory()
             log.info("loading %s", name)
             model = conjure.load_model(name)
@@ -184,14 +191,15 @@ def check_request(text_a, text_b, model_name, steps, samples, guidance, seed, si
                 value = float(value)
             except ValueError:
                 raise ConjureError(f"{name} must be a whole number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not number or value != int(value):
             raise ConjureError(f"{name} must be a whole number, got {value!r}")
         if not low <= value <= high:
             raise ConjureError(f"{name} must be between {low} and {high}, got {int(value)}")
         return int(value)
 
-    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not (1 <= guidance <= 30):
-        raise ConjureError(f"guidance must be a number from 1 (none) to 30, got {guidance!r}")
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not (1 <= guidance <= MAX_GUIDANCE):
+        raise ConjureError(f"guidance must be a number from 1 (none) to {MAX_GUIDANCE:g}, got {guidance!r}")
     return {
         "text_a": prompts[0], "text_b": prompts[1], "model": model_name,
         "steps": integer("steps", steps, 1, limits.max_steps),
@@ -236,7 +244,7 @@ def conjure_on_device(model_name: str, text_a: str, text_b: str, settings: dict,
     import torch
 
     try:
-        model = MODELS.get(model_name)
+        model = MODELS.loaded(model_name) or MODELS.get(model_name)  # the handler has loaded it
         for event in conjure.stream(model, text_a, text_b, **settings):
             yield "step", event
         yield "baseline", conjure.text_similarity(model, text_a, text_b), text_encoder_name(model)
@@ -266,21 +274,21 @@ def updates(**values) -> tuple:
     return tuple(values[name] if name in values else gr.skip() for name in OUTPUTS)
 
 
+PLOT_CURVES = ("KL(A‖B) along A", "KL(B‖A) along B", "Jeffreys so far")
+PLOT_COLORS = dict(zip(PLOT_CURVES, (animation.COLOR_A, animation.COLOR_B, animation.COLOR_TOTAL)))
+
+
 def plot_frame(per_step_ab: list[float], per_step_ba: list[float]):
     """The live plot's data: per-step KL along each trajectory and the running Jeffreys total."""
     import pandas as pd
 
-    steps = list(range(1, len(per_step_ab) + 1))
-    total = np.cumsum((np.asarray(per_step_ab) + np.asarray(per_step_ba)) / 2).tolist()
+    steps = len(per_step_ab)
+    total = np.cumsum((np.asarray(per_step_ab) + np.asarray(per_step_ba)) / 2)
     return pd.DataFrame({
-        "step": steps * 3,
-        "nats": [*per_step_ab, *per_step_ba, *total],
-        "curve": [PLOT_CURVES[0]] * len(steps) + [PLOT_CURVES[1]] * len(steps) + [PLOT_CURVES[2]] * len(steps),
+        "step": np.tile(np.arange(1, steps + 1), 3),
+        "nats": np.concatenate([per_step_ab, per_step_ba, total]),
+        "curve": np.repeat(PLOT_CURVES, steps),
     })
-
-
-PLOT_CURVES = ("KL(A‖B) along A", "KL(B‖A) along B", "Jeffreys so far")
-PLOT_COLORS = dict(zip(PLOT_CURVES, (animation.COLOR_A, animation.COLOR_B, animation.COLOR_TOTAL)))
 
 
 def progress_bar(done: int, total: int, width: int = 20) -> str:
@@ -289,16 +297,18 @@ def progress_bar(done: int, total: int, width: int = 20) -> str:
 
 
 def format_result(result, cosine: float, encoder: str) -> str:
-    se = f" ± {animation.format_number(result.stderr)}" if result.stderr is not None else ""
+    """What the images say beside what the words say."""
+    number = animation.format_number
+    se = f" ± {number(result.stderr)}" if result.stderr is not None else ""
     k = result.settings["samples"]
+    spread = f"± is the standard error over k = {k} noise draws" if k > 1 else "k = 1 noise draw: no standard error"
     return "\n".join([
-        f"### Jeffreys divergence **{animation.format_number(result.jeffreys)}**{se} nats",
-        "",
-        "| what the images say (smaller = more alike) | | what the words say (larger = more alike) | |",
-        "|---|---|---|---|",
-        f"| KL(A‖B), along A | {animation.format_number(result.kl_ab)} | cosine similarity, {encoder} | **{cosine:.3f}** |",
-        f"| KL(B‖A), along B | {animation.format_number(result.kl_ba)} | | |",
-        f"| standard error over k = {k} | {animation.format_number(result.stderr) if result.stderr is not None else 'needs k ≥ 2'} | | |",
+        "| what the images say | what the words say |",
+        "|---|---|",
+        f"| **Jeffreys divergence {number(result.jeffreys)}{se}** nats | **cosine similarity {cosine:.3f}** |",
+        "| smaller = more alike | larger = more alike |",
+        f"| KL(A‖B) along A {number(result.kl_ab)} · KL(B‖A) along B {number(result.kl_ba)} · {spread} "
+        f"| {encoder} embeddings of the two prompts |",
         "",
         f"{result.model} · {result.settings['steps']} steps · guidance {result.settings['guidance']:g} · "
         f"seed {result.settings['seed']} · {result.seconds:.1f} s",
@@ -310,28 +320,39 @@ def slug(text: str) -> str:
 
 
 def run_conjure(text_a: str, text_b: str, model: str = DEFAULT_MODEL, steps: int = DEFAULTS["steps"],
-                samples: int = DEFAULTS["samples"], guidance: float = DEFAULTS["guidance"], seed: int = DEFAULTS["seed"],
-                size: int = DEFAULTS["size"], stages: int = DEFAULTS["stages"]) -> Iterator[tuple]:
+                samples: int = DEFAULTS["samples"], guidance: float = DEFAULTS["guidance"],
+                seed: int = DEFAULTS["seed"], size: int = DEFAULTS["size"],
+                stages: int = DEFAULTS["stages"]) -> Iterator[tuple]:
     """The Run button and the `/conjure` API: stream both trajectories, the plot and the score; end with GIFs.
 
     Inputs: the two prompts, then the model (a name from the allow-list), sampler steps,
     Monte-Carlo samples k, guidance scale, seed, image size (0 = the model's default) and
     morph stages. Outputs, in order: `OUTPUTS`.
     """
+    import torch
+
     try:
         yield from _run(text_a, text_b, model, steps, samples, guidance, seed, size, stages)
     except ConjureError as err:  # bad input, unknown model, out of memory, NaN: the user's message
         raise gr.Error(html.escape(str(err)), print_exception=False) from None
+    except torch.OutOfMemoryError:  # loading a model, outside the device function
+        free_accelerator_memory()
+        raise gr.Error("out of memory loading the model; try again when fewer models are in use",
+                       print_exception=False) from None
     except Exception as err:  # anything else: logged in full, reported briefly; the server keeps serving
         log.exception("run failed")
         raise gr.Error(html.escape(f"the run failed: {type(err).__name__}: {err}")) from None
 
 
+def done(result) -> str:
+    return f"**Done: Jeffreys divergence {animation.format_number(result.jeffreys)}**"
+
+
 def _run(text_a, text_b, model_name, steps, samples, guidance, seed, size, stages) -> Iterator[tuple]:
     request = check_request(text_a, text_b, model_name, steps, samples, guidance, seed, size, stages)
-    text_a, text_b, steps = request["text_a"], request["text_b"], request["steps"]
-    yield updates(status=f"Loading **{model_name}**…", result="", details=None,
-                  morph_gif=None, trajectory_gif=None,
+    text_a, text_b, steps, stages = request["text_a"], request["text_b"], request["steps"], request["stages"]
+    yield updates(status="Starting…" if model_name in MODELS else f"Loading **{model_name}**…", plot=None,
+                  result="", details=None, morph_gif=None, trajectory_gif=None,
                   morph_download=gr.DownloadButton(value=None, visible=False),
                   trajectory_download=gr.DownloadButton(value=None, visible=False))
     model = MODELS.get(model_name)  # here, in the main process, so ZeroGPU's workers inherit it loaded
@@ -340,62 +361,61 @@ def _run(text_a, text_b, model_name, steps, samples, guidance, seed, size, stage
                                seed=request["seed"], size=request["size"]))
 
     images_a, images_b, differences, ab, ba = [], [], [], [], []
-    result = morph = None
-    cosine, encoder, y_limit, started = float("nan"), "", 0.0, time.perf_counter()
-    for kind, *payload in conjure_on_device(model_name, text_a, text_b, settings, request["stages"]):
+    result = morph = summary = None
+    y_limit, started = 0.0, time.perf_counter()
+    for kind, *payload in conjure_on_device(model_name, text_a, text_b, settings, stages):
         if kind == "step":
             event = payload[0]
             if not math.isfinite(event.jeffreys):
                 raise ConjureError(f"the divergence became {event.jeffreys} at step {event.step}: the model produced "
                                    "NaN or inf (half-precision overflow?); try another seed or guidance")
+            result = event.result
             ab.append(event.kl_ab)
             ba.append(event.kl_ba)
             images_a.append(event.image_a)
             images_b.append(event.image_b)
             differences.append(event.difference)
-            frame = plot_frame(ab, ba)
-            if frame["nats"].max() > y_limit or event.step == 1:  # the y axis only ever grows, in 1-2-5 steps
-                y_limit = animation.nice_ceiling(float(frame["nats"].max()))
-                plot = gr.LinePlot(value=frame, x_lim=[1, max(steps, 2)], y_lim=[0, y_limit])
-            else:
-                plot = frame
-            rate = event.step / (time.perf_counter() - started)
+            plot = plot_frame(ab, ba)
+            if event.step == 1 or plot["nats"].max() > y_limit:  # fixed axes; y only grows, in 1-2-5 steps
+                y_limit = animation.nice_ceiling(float(plot["nats"].max()))
+                plot = gr.LinePlot(value=plot, x_lim=[1, max(steps, 2)], y_lim=[0, y_limit])
             yield updates(
                 image_a=event.image_a, image_b=event.image_b,
                 difference=animation.difference_map(event.difference, event.image_a), plot=plot,
                 status=f"**Step {event.step}/{steps}** {progress_bar(event.step, steps)} t = {event.timestep} · "
-                       f"Jeffreys so far **{animation.format_number(event.jeffreys)}** · {rate:.2f} steps/s",
+                       f"Jeffreys so far **{animation.format_number(event.jeffreys)}** · "
+                       f"{event.step / (time.perf_counter() - started):.2f} steps/s",
             )
-            result = event.result or result
         elif kind == "baseline":
             cosine, encoder = payload
             for which, cut in zip("AB", result.truncated):
                 if cut:
                     gr.Warning(f"prompt {which} was longer than the text encoder accepts and was truncated")
-            yield updates(result=format_result(result, cosine, encoder),
-                          details={**result.to_dict(), "text_similarity": cosine, "text_encoder": encoder},
-                          status=f"**Done: Jeffreys divergence {animation.format_number(result.jeffreys)}** · "
-                                 f"morphing {text_a!r} → {text_b!r} in {request['stages']} stages…")
+            summary = {"result": format_result(result, cosine, encoder),
+                       "details": {**result.to_dict(), "text_similarity": cosine, "text_encoder": encoder}}
+            yield updates(**summary,
+                          status=f"{done(result)} · morphing {text_a!r} → {text_b!r} in {stages} stages…")
         elif kind == "morph":
             morph = payload[0]
-            if morph.images is None:
-                yield updates(status=f"**Done: Jeffreys divergence {animation.format_number(result.jeffreys)}** · "
-                                     f"morphing: step {morph.step}/{morph.steps} {progress_bar(morph.step, morph.steps)}")
+            yield updates(status=f"{done(result)} · morphing: step {morph.step}/{morph.steps} "
+                                 f"{progress_bar(morph.step, morph.steps)}")
 
-    with tempfile.TemporaryDirectory(prefix="conjure-app-") as tmp:  # gone once Gradio has copied the files
-        name = f"{slug(text_a)}-vs-{slug(text_b)}"
-        morph_path = animation.write_gif(
-            animation.morph_frames(morph.images, morph.weights, text_a, text_b),
-            Path(tmp) / f"{name}-morph.gif", animation.hold_ends(len(morph.images), 300, 1200))
-        trajectory_path = animation.write_gif(
+    with tempfile.TemporaryDirectory(prefix="conjure-app-") as tmp:  # removed once Gradio has copied the files
+        name = Path(tmp) / f"{slug(text_a)}-vs-{slug(text_b)}"
+        morph_gif = animation.write_gif(animation.morph_frames(morph.images, morph.weights, text_a, text_b),
+                                        f"{name}-morph.gif", animation.hold_ends(stages, 300, 1200))
+        trajectory_gif = animation.write_gif(
             animation.trajectory_frames(images_a, images_b, differences, result.per_step, text_a, text_b),
-            Path(tmp) / f"{name}-trajectories.gif", animation.hold_ends(steps, 400, 2000, hold_first=False))
+            f"{name}-trajectories.gif", animation.hold_ends(steps, 400, 2000, hold_first=False))
+        # The last update carries every output, so an API caller's final result is complete on its own.
         yield updates(
-            status=f"**Done: Jeffreys divergence {animation.format_number(result.jeffreys)}** "
-                   f"in {time.perf_counter() - started:.1f} s",
-            morph_gif=str(morph_path), trajectory_gif=str(trajectory_path),
-            morph_download=gr.DownloadButton(value=str(morph_path), visible=True),
-            trajectory_download=gr.DownloadButton(value=str(trajectory_path), visible=True),
+            image_a=images_a[-1], image_b=images_b[-1],
+            difference=animation.difference_map(differences[-1], images_a[-1]),
+            plot=gr.LinePlot(value=plot_frame(ab, ba), x_lim=[1, max(steps, 2)], y_lim=[0, y_limit]), **summary,
+            status=f"{done(result)} in {time.perf_counter() - started:.1f} s",
+            morph_gif=str(morph_gif), trajectory_gif=str(trajectory_gif),
+            morph_download=gr.DownloadButton(value=str(morph_gif), visible=True),
+            trajectory_download=gr.DownloadButton(value=str(trajectory_gif), visible=True),
         )
 
 

@@ -231,6 +231,11 @@ def jeffreys_steps(model, pairs: Sequence[tuple[str, str]], settings: Settings =
 
     timesteps = sampler_timesteps(model, settings.steps)
     abar = model.alphas_cumprod.tolist()
+    if abar[timesteps[0]] <= 0:
+        raise ConjureError(
+            f"the model's schedule has zero signal at t={timesteps[0]} (a zero-terminal-SNR schedule with trailing "
+            "spacing): an epsilon step from pure noise has no finite KL; use timestep_spacing='leading'"
+        )
     for i, t in enumerate(timesteps):
         abar_t = abar[t]
         abar_s = abar[timesteps[i + 1]] if i + 1 < len(timesteps) else 1.0  # the last step outputs x0

@@ -19,8 +19,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from conjure.errors import ConjureError
 from conjure.jeffreys import (
-    ConjureError, Settings, check_prompt, check_settings, ddim_sigma, guided, predicted_x0, sampler_timesteps, step_mean,
+    Settings, check_prompt, check_settings, ddim_sigma, guided, predicted_x0, sampler_timesteps, step_mean,
 )
 from conjure.models.base import Conditioning
 
@@ -55,7 +56,8 @@ def interpolate(a: Conditioning, b: Conditioning, weights) -> Conditioning:
     return Conditioning(tensors)
 
 
-def morph_steps(model, text_a: str, text_b: str, stages: int = 8, settings: Settings = Settings()) -> Iterator[MorphStep]:
+def morph_steps(model, text_a: str, text_b: str, stages: int = 8,
+                settings: Settings = Settings()) -> Iterator[MorphStep]:
     """Sample all stages together, yielding after every step (so a UI can report progress or stop)."""
     size = check_settings(model, settings)
     text_a, text_b = check_prompt(text_a, "A"), check_prompt(text_b, "B")

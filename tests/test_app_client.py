@@ -1,0 +1,84 @@
+"""The `/conjure` API of a launched app (`python app.py`), driven by gradio_client as scripts would."""
+
+import re
+
+import pytest
+from PIL import Image
+
+from app_server import running_app
+
+gradio_client = pytest.importorskip("gradio_client")
+pytestmark = pytest.mark.slow  # launches the app
+
+OUTPUTS = ("image_a", "image_b", "difference", "plot", "status", "result", "details",
+           "morph_gif", "trajectory_gif", "morph_download", "trajectory_download")
+OUT = {name: i for i, name in enumerate(OUTPUTS)}
+
+
+@pytest.fixture(scope="module")
+def client():
+    return gradio_client.Client(running_app(), verbose=False)
+
+
+def file_path(value):
+    """A file output as gradio_client hands it over: a path, or an update dict holding one."""
+    if isinstance(value, dict):
+        value = value.get("value")
+    if isinstance(value, dict):
+        value = value.get("path")
+    return value
+
+
+def plot_data(value):
+    """The plot's data, sent as a value or inside a component update (when the axes change)."""
+    return value["value"] if "value" in value else value
+
+
+def test_api_needs_only_the_two_prompts(client):
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/conjure"]
+    params = api["parameters"]
+    assert [p["parameter_name"] for p in params[:2]] == ["text_a", "text_b"]
+    assert not any(p["parameter_has_default"] for p in params[:2])
+    assert all(p["parameter_has_default"] for p in params[2:])
+    assert len(api["returns"]) == len(OUTPUTS)
+
+
+def test_api_streams_steps_in_order_and_ends_with_animated_gifs(client):
+    steps, stages = 4, 3
+    job = client.submit("snow leopard", "bengal tiger", api_name="/conjure", steps=steps, stages=stages)
+    final = job.result(timeout=300)
+    outputs = job.outputs()
+
+    # Every step arrives, in order, each with both images and the plot so far.
+    step_outputs = [o for o in outputs if isinstance(o[OUT["status"]], str) and o[OUT["status"]].startswith("**Step")]
+    step_numbers = [int(re.match(r"\*\*Step (\d+)/", o[OUT["status"]]).group(1)) for o in step_outputs]
+    assert step_numbers == list(range(1, steps + 1))
+    plots = [plot_data(o[OUT["plot"]]) for o in step_outputs]
+    assert [len(p["data"]) for p in plots] == [3 * i for i in range(1, steps + 1)]  # 3 curves, one point per step
+    for o in step_outputs:
+        with Image.open(file_path(o[OUT["image_a"]])) as a, Image.open(file_path(o[OUT["image_b"]])) as b:
+            assert a.size == b.size == (32, 32)
+
+    # The final result is complete on its own: the score, the baseline, the plot and the files.
+    assert final[OUT["details"]]["jeffreys"] > 0 and -1 <= final[OUT["details"]]["text_similarity"] <= 1
+    assert len(plot_data(final[OUT["plot"]])["data"]) == 3 * steps
+
+    # The score comes before the GIFs, and the GIFs come last.
+    assert any(isinstance(o[OUT["result"]], str) and "Jeffreys divergence" in o[OUT["result"]] for o in outputs)
+    for name, frames in (("morph_download", stages), ("trajectory_download", steps),
+                         ("morph_gif", stages), ("trajectory_gif", steps)):
+        with Image.open(file_path(final[OUT[name]])) as gif:
+            assert gif.format == "GIF" and gif.is_animated and gif.n_frames == frames, name
+            assert gif.info.get("loop") == 0
+
+
+def test_api_refuses_bad_input_and_keeps_serving(client):
+    with pytest.raises(gradio_client.exceptions.AppError, match="prompt A is empty"):
+        client.predict("", "tiger", api_name="/conjure", steps=2)
+    with pytest.raises(gradio_client.exceptions.AppError, match="[Ss]teps|maximum|100"):
+        client.predict("sun", "moon", api_name="/conjure", steps=100)
+    with pytest.raises(gradio_client.exceptions.AppError):
+        client.predict("sun", "moon", api_name="/conjure", model="/etc", steps=2)
+    final = client.predict("sun", "moon", api_name="/conjure", steps=2, stages=2)
+    with Image.open(file_path(final[OUT["morph_gif"]])) as gif:
+        assert gif.n_frames == 2

@@ -1,0 +1,111 @@
+"""A real browser on the launched app: type two prompts, Run, watch the plot and the score, download the GIF.
+
+Headless Debian Chromium (`apt-get install chromium chromium-driver`; `.ci/run` installs it)
+driven by Playwright for Python; no browser download, so no network is needed.
+Set CONJURE_UPDATE_DOCS=1 (with CONJURE_BROWSER_STEPS=10 CONJURE_BROWSER_STAGES=8) to save the finished page and the two
+GIFs to docs/ for the README.
+"""
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from app_server import ROOT, running_app
+
+sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = os.environ.get("CONJURE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def page():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium chromium-driver (.ci/run does)")
+    url = running_app()
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        page.goto(url)
+        yield page
+        browser.close()
+
+
+def set_number(page, elem_id: str, value: int):
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def current_step(page) -> int:
+    text = page.locator("#status").inner_text()
+    return int(text.split("Step ", 1)[1].split("/", 1)[0]) if "Step " in text else 0
+
+
+def test_stop_cancels_the_run_within_a_step(page):
+    steps = 50
+    page.locator("#prompt-a textarea").fill("sun")
+    page.locator("#prompt-b textarea").fill("crescent moon")
+    page.get_by_text("Advanced").click()
+    set_number(page, "steps", steps)
+    set_number(page, "samples", 8)  # slow steps, so the run cannot finish before Stop lands
+    page.locator("#run").click()
+    page.get_by_text(f"Step 2/{steps}").wait_for(timeout=120_000)
+    started = time.perf_counter()
+    page.get_by_text(f"Step 4/{steps}").wait_for(timeout=120_000)
+    seconds_per_step = (time.perf_counter() - started) / 2
+    page.locator("#stop").click()
+    stopped_at = current_step(page)
+    page.wait_for_timeout(max(5 * seconds_per_step, 1) * 1000)  # long enough for 5 more steps
+    assert current_step(page) - stopped_at <= 2  # the step under way, and one in flight to the browser
+    assert current_step(page) < steps and "Done" not in page.locator("#status").inner_text()
+    page.get_by_text("Advanced").click()  # closed again for the next test
+
+
+def test_type_run_watch_and_download(page, tmp_path):
+    steps = int(os.environ.get("CONJURE_BROWSER_STEPS", "4"))
+    stages = int(os.environ.get("CONJURE_BROWSER_STAGES", "4"))
+    page.locator("#prompt-a textarea").fill("snow leopard")
+    page.locator("#prompt-b textarea").fill("bengal tiger")
+    page.get_by_text("Advanced").click()
+    set_number(page, "steps", steps)
+    set_number(page, "samples", 1)
+    set_number(page, "stages", stages)
+    page.locator("#run").click()
+
+    # The live plot is drawn (Vega renders into the #plot block) and the run finishes with a score.
+    page.locator("#plot canvas, #plot svg.marks").first.wait_for(timeout=120_000)
+    page.get_by_text("Done: Jeffreys divergence").first.wait_for(timeout=240_000)
+    download_button = page.locator("#trajectory-download")
+    download_button.wait_for(state="visible", timeout=240_000)
+    assert f"Step {steps}/{steps}" not in page.locator("#status").inner_text()  # replaced by the final status
+    result = page.locator("#result").inner_text()
+    assert "Jeffreys divergence" in result and "cosine similarity" in result
+    assert page.locator("#image-a img").first.get_attribute("src")
+    assert page.locator("#morph-gif img").first.get_attribute("src")
+
+    saved = {}
+    for button, frames in (("#trajectory-download", steps), ("#morph-download", stages)):
+        with page.expect_download() as info:
+            page.locator(button).click()
+        path = saved[button] = tmp_path / info.value.suggested_filename
+        info.value.save_as(path)
+        assert path.name.startswith("snow-leopard-vs-bengal-tiger")
+        with Image.open(path) as gif:
+            assert gif.format == "GIF" and gif.is_animated and gif.n_frames == frames
+
+    page.wait_for_timeout(500)  # let the plot and images settle before the picture
+    shot = tmp_path / "app.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("CONJURE_UPDATE_DOCS"):
+        (ROOT / "docs").mkdir(exist_ok=True)
+        shutil.copy(shot, ROOT / "docs" / "app-screenshot.png")
+        for path in saved.values():
+            shutil.copy(path, ROOT / "docs" / path.name.replace("snow-leopard-vs-bengal-tiger", "example"))

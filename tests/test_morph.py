@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+
+import conjure
+from conjure.errors import ConjureError
+from conjure.jeffreys import Settings
+from conjure.models.base import Conditioning
+from conjure.morph import interpolate, morph, morph_steps
+
+
+@pytest.fixture(scope="module")
+def model():
+    return conjure.load_model("emoji")
+
+
+def test_interpolate_lerps_tensors_and_keeps_dtype():
+    a = Conditioning({"x": torch.tensor([[0.0, 2.0]], dtype=torch.float16)})
+    b = Conditioning({"x": torch.tensor([[4.0, 6.0]], dtype=torch.float16)})
+    c = interpolate(a, b, [0.0, 0.25, 1.0])
+    assert c.tensors["x"].dtype == torch.float16
+    assert c.tensors["x"].tolist() == [[0.0, 2.0], [1.0, 3.0], [4.0, 6.0]]
+
+
+def test_interpolate_masks_union_inside_own_mask_at_the_ends():
+    a = Conditioning({"mask": torch.tensor([[True, True, False, False]])})
+    b = Conditioning({"mask": torch.tensor([[True, False, True, False]])})
+    m = interpolate(a, b, [0.0, 0.5, 1.0]).tensors["mask"]
+    assert m.tolist() == [[True, True, False, False], [True, True, True, False], [True, False, True, False]]
+
+
+def test_morph_ends_are_the_estimators_trajectories(model):
+    # Same seed, steps, guidance and k: stage 0 is trajectory A's final image, the last stage B's.
+    settings = dict(steps=3, samples=2, guidance=2.0, seed=7)
+    *_, last = conjure.stream(model, "leopard", "tiger", **settings)
+    result = morph(model, "leopard", "tiger", stages=4, **settings)
+    image_a, image_b = last.result.images
+    assert result.images.shape == (4, *image_a.shape) and result.images.dtype == np.uint8
+    np.testing.assert_allclose(result.images[0], image_a, atol=1)
+    np.testing.assert_allclose(result.images[-1], image_b, atol=1)
+    assert np.abs(result.images[0].astype(int) - result.images[-1]).max() > 0
+    np.testing.assert_allclose(result.weights, [0, 1 / 3, 2 / 3, 1])
+
+
+def test_morph_batches_all_stages_into_one_model_call_per_step(model, monkeypatch):
+    batches = []
+    predict = model.predict_noise
+
+    def counting(x, t, cond):
+        batches.append(len(x))
+        return predict(x, t, cond)
+
+    monkeypatch.setattr(model, "predict_noise", counting)
+    steps = list(morph_steps(model, "sun", "moon", stages=5, settings=Settings(steps=3, guidance=3.0)))
+    assert batches == [10, 10, 10]  # 5 stages, conditioned and unconditioned, once per step
+    assert [s.step for s in steps] == [1, 2, 3]
+    assert all(s.images is None for s in steps[:-1]) and steps[-1].images.shape[0] == 5
+
+
+def test_morph_rejects_bad_input(model):
+    with pytest.raises(ConjureError, match="at least 2 stages"):
+        morph(model, "a", "b", stages=1, steps=2)
+    with pytest.raises(ConjureError, match="empty"):
+        morph(model, " ", "b", stages=2, steps=2)
+    with pytest.raises(ConjureError, match="multiple of"):
+        morph(model, "a", "b", stages=2, steps=2, size=30)
+
+
+@pytest.mark.parametrize("build", ["sd2", "sdxl"])
+def test_morph_ends_match_the_trajectories_on_stable_diffusion(build):
+    # Latent models: interpolated CLIP states (and SDXL's pooled embedding), VAE-decoded stages.
+    from tiny_pipelines import tiny_sd, tiny_sdxl
+
+    model = conjure.load_model(tiny_sd(2) if build == "sd2" else tiny_sdxl(), device="cpu")
+    settings = dict(steps=2, guidance=3.0, seed=1)
+    *_, last = conjure.stream(model, "a cat", "a dog", **settings)
+    result = morph(model, "a cat", "a dog", stages=3, **settings)
+    assert result.images.shape == (3, *last.result.images[0].shape)
+    np.testing.assert_allclose(result.images[0], last.result.images[0], atol=1)
+    np.testing.assert_allclose(result.images[-1], last.result.images[1], atol=1)

