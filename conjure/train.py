@@ -211,6 +211,15 @@ def train(args):
     step, seconds, log = 0, 0.0, []
 
     ckpt = run / "checkpoint.pt"
+    if args.init_from and not ckpt.exists():  # warm start from exported weights (e.g. the shipped model)
+        from diffusers import UNet2DConditionModel
+
+        shipped = UNet2DConditionModel.from_pretrained(Path(args.init_from) / "unet", torch_dtype=torch.float32)
+        unet.load_state_dict(shipped.state_dict())
+        ema = EMAModel(unet.parameters(), decay=args.ema, use_ema_warmup=True, power=2 / 3)
+        done = json.loads((Path(args.init_from) / "conjure.json").read_text()).get("training", {})
+        step, seconds = done.get("steps", 0), done.get("hours", 0.0) * 3600
+        print(f"warm start from {args.init_from} (step {step}); optimiser state starts fresh")
     if ckpt.exists():  # resume: weights, EMA, optimiser, RNG and the loss log
         state = torch.load(ckpt, weights_only=False)
         unet.load_state_dict(state["unet"])
@@ -284,6 +293,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default="runs/emoji", help="folder for the dataset cache, checkpoint and loss log")
     p.add_argument("--export", default=None, help="diffusers-format folder to write the EMA weights to at each checkpoint")
+    p.add_argument("--init-from", default=None,
+                   help="start from an exported model folder when the run has no checkpoint (continue the shipped model)")
     p.add_argument("--steps", type=int, default=100_000)
     p.add_argument("--hours", type=float, default=None, help="stop after this much training time (counted across resumes)")
     p.add_argument("--batch-size", type=int, default=64)
