@@ -29,7 +29,10 @@ def running_app(timeout: float = 180.0) -> str:
     port = free_port()
     temp = tempfile.mkdtemp(prefix="conjure-test-app-")
     env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": temp, "CONJURE_MODEL": "emoji"}
+           "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": temp, "CONJURE_MODEL": "emoji",
+           # On 2 cores shared with Chromium and pytest, two OpenMP threads spin-waiting on each other
+           # stalled a run for minutes in CI; one thread keeps the server's speed predictable.
+           "OMP_NUM_THREADS": "1"}
     log = open(Path(temp) / "app.log", "w")
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
