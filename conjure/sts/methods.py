@@ -97,6 +97,7 @@ def model_identity(model) -> dict:
         "scheduler": dict(getattr(model, "scheduler_config", {}) or {}),
         "text_max_tokens": text_max_tokens(model),
         "null_prompt": getattr(model, "null_prompt", None),
+        "pooled_scale": getattr(model, "pooled_scale", None),  # pixel models: scales the conditioning
     }
 
 

@@ -1,0 +1,84 @@
+"""The embedded model's trainer: loss weighting, resumable checkpoints, export that load_model reads.
+
+A tiny random dataset stands in for OpenMoji so this runs in seconds; the real data path
+(rendering the font, encoding captions) is exercised by the shipped model itself.
+"""
+
+import json
+
+import pytest
+import torch
+
+import conjure
+from conjure import train
+
+
+def test_loss_weights_move_the_effort_to_the_noisy_steps():
+    abar = train.make_scheduler().alphas_cumprod
+    snr = abar / (1 - abar)
+    w = train.loss_weights(abar, gamma=5.0, floor=0.25, cap=20.0)
+    assert torch.isclose(w.mean(), torch.tensor(1.0))
+    # in x0 terms the weight is clamp(SNR, 0.25, 5), wherever the cap does not bind
+    x0 = w * snr
+    free = (w / w.max() < 1 - 1e-6)
+    assert torch.allclose(x0[free] / x0[free][snr[free] > 5].max(), snr[free].clamp(0.25, 5) / 5, rtol=1e-4)
+    assert w[900] > 10 * w[100] and w[999] == w.max()
+    assert torch.allclose(train.loss_weights(abar, gamma=0, floor=0), torch.ones(1000))  # the plain loss
+
+
+def test_rescaling_the_pooled_input_keeps_the_function():
+    torch.manual_seed(0)
+    unet = train.make_unet(width=32)
+    with torch.no_grad():  # a trained-looking projection, not the zero-ish init
+        unet.class_embedding.linear_1.weight.normal_()
+    from diffusers.training_utils import EMAModel
+
+    ema = EMAModel(unet.parameters(), decay=0.9)
+    optimizer = torch.optim.AdamW(unet.parameters())
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([10, 700])
+    tokens, pooled = torch.randn(2, 4, 384), torch.nn.functional.normalize(torch.randn(2, 384), dim=-1)
+    with torch.no_grad():
+        before = unet(x, t, encoder_hidden_states=tokens, class_labels=pooled).sample
+        train.rescale_pooled_input(unet, ema, optimizer, 1 / 20)
+        after = unet(x, t, encoder_hidden_states=tokens, class_labels=pooled * 20).sample
+    assert torch.allclose(before, after, atol=1e-5)
+    weight = unet.class_embedding.linear_1.weight
+    index = [i for i, q in enumerate(unet.parameters()) if q is weight][0]
+    assert torch.equal(ema.shadow_params[index], weight)  # the EMA copy is rescaled alike
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    """A run folder whose dataset cache holds 6 random 32x32 images with real MiniLM captions."""
+    from conjure.minilm import MiniLM
+
+    captions = ["", "a tiger", "tiger", "an apple", "a red apple", "a car", "a red car", "a sun", "the sun",
+                "a moon", "the moon", "a cat", "a cat face"]
+    out = MiniLM(max_tokens=train.CAPTION_TOKENS)(captions)
+    torch.save({
+        "images": torch.rand(6, 3, 32, 32) * 2 - 1,
+        "caption_range": torch.tensor([[1 + 2 * i, 3 + 2 * i] for i in range(6)]),
+        "captions": captions, "chars": list("abcdef"),
+        "tokens": out.tokens.half(), "masks": out.mask.bool(), "pooled": out.pooled,
+    }, tmp_path / "dataset.pt")
+    return tmp_path
+
+
+def test_training_checkpoints_resumes_and_exports_a_loadable_model(tiny_run):
+    args = ["--run", str(tiny_run), "--export", str(tiny_run / "model"), "--width", "32", "--batch-size", "4",
+            "--threads", "1", "--checkpoint-every", "1"]
+    train.main(args + ["--steps", "2"])
+    state = torch.load(tiny_run / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 2 and len(state["log"]) == 2
+
+    train.main(args + ["--steps", "3"])  # picks up at step 2, not from scratch
+    state = torch.load(tiny_run / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 3 and [s for s, _ in state["log"]] == [1, 2, 3]
+    assert (tiny_run / "loss.csv").read_text().splitlines()[1:] == [f"{s},{l:.5f}" for s, l in state["log"]]
+
+    meta = json.loads((tiny_run / "model" / "conjure.json").read_text())
+    assert meta["training"]["steps"] == 3 and meta["pooled_scale"] == train.POOLED_SCALE
+    assert "CC BY-SA 4.0" in (tiny_run / "model" / "README.md").read_text()
+    model = conjure.load_model(str(tiny_run / "model"))
+    assert model.pooled_scale == train.POOLED_SCALE
+    assert conjure.score(model, "a tiger", "a red car", steps=2).jeffreys > 0
