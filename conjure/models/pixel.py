@@ -52,8 +52,9 @@ class PixelModel:
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> Conditioning:
         out = self.text_encoder(prompts)
+        pooled = out.pooled * self.pooled_scale
         return Conditioning(
-            {"tokens": out.tokens.to(self.dtype), "mask": out.mask.bool(), "pooled": (out.pooled * self.pooled_scale).to(self.dtype)},
+            {"tokens": out.tokens.to(self.dtype), "mask": out.mask.bool(), "pooled": pooled.to(self.dtype)},
             out.truncated,
         )
 
