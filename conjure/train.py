@@ -256,9 +256,10 @@ def train(args):
         shipped = UNet2DConditionModel.from_pretrained(Path(args.init_from) / "unet", torch_dtype=torch.float32)
         unet.load_state_dict(shipped.state_dict())
         ema = EMAModel(unet.parameters(), decay=args.ema, use_ema_warmup=True, power=2 / 3)
-        done = json.loads((Path(args.init_from) / "conjure.json").read_text()).get("training", {})
+        meta = json.loads((Path(args.init_from) / "conjure.json").read_text())
+        done = meta.get("training", {})
         step, seconds = done.get("steps", 0), done.get("hours", 0.0) * 3600
-        pooled_scale = json.loads((Path(args.init_from) / "conjure.json").read_text()).get("pooled_scale", 1.0)
+        pooled_scale = meta.get("pooled_scale", 1.0)
         print(f"warm start from {args.init_from} (step {step}); optimiser state starts fresh")
     if ckpt.exists():  # resume: weights, EMA, optimiser, RNG and the loss log
         state = torch.load(ckpt, weights_only=False)
