@@ -48,7 +48,10 @@ def make_unet(width: int = 64, layers_per_block: int = 1, size: int = 32):
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         layers_per_block=layers_per_block,
         cross_attention_dim=384,
-        attention_head_dim=32,
+        # diffusers reads `attention_head_dim` as the number of heads: 4 heads of 32 channels.
+        # (Until step 3,577 this was 32, i.e. 32 heads of 4 channels: same weights, and 3.3 s
+        # per batch against 2.1 s.)
+        attention_head_dim=4,
         norm_num_groups=32,
         # The pooled sentence embedding is added to the time embedding, so every
         # resnet block sees the caption, not only the attention layers.
@@ -270,6 +273,9 @@ def train(args):
         step, seconds, log = state["step"], state["seconds"], state["log"]
         pooled_scale = state.get("pooled_scale", 1.0)
         print(f"resumed at step {step} ({seconds / 3600:.2f} h trained)")
+        changed = {k: (v, unet.config[k]) for k, v in state.get("unet_config", {}).items() if unet.config.get(k) != v}
+        if changed:  # same weight shapes, different function (e.g. the attention head count)
+            print(f"architecture changed since the checkpoint (old, new): {changed}")
     if pooled_scale != POOLED_SCALE:  # weights from before the pooled embedding was rescaled
         rescale_pooled_input(unet, ema, optimizer, pooled_scale / POOLED_SCALE)
         print(f"pooled embedding input rescaled from {pooled_scale:g} to {POOLED_SCALE:g}")
@@ -285,7 +291,7 @@ def train(args):
         save_atomic(
             {"unet": unet.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
              "generator": generator.get_state(), "step": step, "seconds": seconds, "log": log,
-             "pooled_scale": POOLED_SCALE, "args": vars(args)},
+             "pooled_scale": POOLED_SCALE, "unet_config": dict(unet.config), "args": vars(args)},
             ckpt,
         )
         if args.export:
@@ -295,7 +301,8 @@ def train(args):
                     "lr": args.lr, "ema": args.ema, "min_snr_gamma": args.min_snr_gamma, "snr_floor": args.snr_floor,
                     "parameters": n_params, "images": len(data["images"]),
                     "final_loss": round(float(np.mean([l for _, l in log[-100:]])), 5) if log else None,
-                    "hardware": f"{os.cpu_count()}-core CPU, torch {torch.__version__}, {args.threads} threads",
+                    "hardware": f"{os.cpu_count()}-core CPU, torch {torch.__version__}, {args.threads} threads"
+                                + (", bf16 autocast" if args.bf16 else ""),
                     "command": "python -m conjure.train " + " ".join(
                         f"--{k.replace('_', '-')} {v}" for k, v in (("run", args.run), ("export", args.export)))}
             export(ema_unet, scheduler, Path(args.export), card)
@@ -317,7 +324,9 @@ def train(args):
         lr = args.lr * min(1.0, (step + 1) / args.warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        pred = unet(xt, t, encoder_hidden_states=tokens, encoder_attention_mask=mask, class_labels=pooled).sample
+        # bf16 autocast: weights, optimiser and loss stay float32; measured 2.1 -> 1.4 s per batch here.
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            pred = unet(xt, t, encoder_hidden_states=tokens, encoder_attention_mask=mask, class_labels=pooled).sample
         mse = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))
         loss = (weights[t] * mse).mean()
         optimizer.zero_grad(set_to_none=True)
@@ -356,6 +365,8 @@ def main(argv=None):
     p.add_argument("--layers-per-block", type=int, default=1)
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                   help="bfloat16 autocast for the UNet's forward pass (float32 weights)")
     p.add_argument("--seed", type=int, default=0)
     train(p.parse_args(argv))
 
