@@ -1,0 +1,109 @@
+"""Speed and memory of one training step of the embedded model, per setting, measured in the same run.
+
+    python bench/bench_train.py [--batch-size 64] [--steps 6] [--threads 2] [--compile]
+
+One step is what `conjure/train.py` does per batch: UNet forward, epsilon MSE, backward, gradient
+clipping, AdamW. Each setting runs in its own process (so its peak RSS is its own), on random
+inputs of the training shapes; the first two steps are warm-up and the median of the rest is
+reported. The reference row is the setting the shipped model trained with up to step 3,591:
+diffusers' `attention_head_dim=32`, which it reads as 32 heads of 4 channels, in float32.
+Prints a Markdown table; ratios are against the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SETTINGS = {  # name: (attention heads, bf16 autocast, channels-last, torch.compile)
+    "32 heads of 4, fp32 (reference)": (32, False, True, False),
+    "4 heads of 32, fp32": (4, False, True, False),
+    "4 heads of 32, fp32, contiguous memory": (4, False, False, False),
+    "4 heads of 32, bf16 autocast (training default)": (4, True, True, False),
+    "4 heads of 32, bf16 autocast, contiguous memory": (4, True, False, False),
+}
+COMPILED = {"4 heads of 32, bf16 autocast, torch.compile": (4, True, True, True)}
+
+
+def one_setting(heads: int, bf16: bool, channels_last: bool, compile_: bool, batch_size: int, steps: int,
+                threads: int) -> dict:
+    import resource
+
+    import torch
+    import torch.nn.functional as F
+    from diffusers import UNet2DConditionModel
+
+    from conjure.train import CAPTION_TOKENS, make_unet
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    config = dict(make_unet().config)
+    config["attention_head_dim"] = heads
+    unet = UNet2DConditionModel.from_config(config)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    unet = unet.to(memory_format=fmt)
+    forward = torch.compile(unet) if compile_ else unet
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
+    x = torch.randn(batch_size, 3, 32, 32).contiguous(memory_format=fmt)
+    noise = torch.randn_like(x)
+    tokens = torch.randn(batch_size, CAPTION_TOKENS, 384)
+    mask = torch.ones(batch_size, CAPTION_TOKENS, dtype=torch.bool)
+    pooled = torch.randn(batch_size, 384)
+    t = torch.randint(0, 1000, (batch_size,))
+    seconds = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            pred = forward(x, t, encoder_hidden_states=tokens, encoder_attention_mask=mask, class_labels=pooled).sample
+        loss = F.mse_loss(pred.float(), noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        seconds.append(time.perf_counter() - start)
+    return {"seconds": statistics.median(seconds[2:]), "first": seconds[0],
+            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "parameters": sum(p.numel() for p in unet.parameters()), "torch": torch.__version__}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=6, help="steps per setting; the first two are warm-up")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to start on CPU)")
+    p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one setting, print JSON
+    args = p.parse_args()
+    settings = SETTINGS | (COMPILED if args.compile else {})
+    if args.one:
+        print(json.dumps(one_setting(*settings[args.one], args.batch_size, max(args.steps, 3), args.threads)))
+        return
+    rows = {}
+    for name in settings:
+        cmd = [sys.executable, __file__, "--one", name, "--batch-size", str(args.batch_size),
+               "--steps", str(args.steps), "--threads", str(args.threads)] + (["--compile"] if args.compile else [])
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=os.environ | {"PYTHONWARNINGS": "ignore"})
+        rows[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{name}: {rows[name]['seconds']:.2f} s/step", file=sys.stderr, flush=True)
+    first = next(iter(rows.values()))
+    base = first["seconds"]
+    print(f"\nbatch {args.batch_size} at 32x32, {first['parameters'] / 1e6:.1f} M parameters, torch {first['torch']}, "
+          f"{args.threads} threads, {os.cpu_count()} CPUs; median of {max(args.steps, 3) - 2} steps after 2 warm-up\n")
+    print("| setting | s / step | images / s | first step (s) | peak RSS (MB) | speed-up vs reference |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['seconds']:.2f} | {args.batch_size / r['seconds']:.0f} | {r['first']:.1f} | "
+              f"{r['rss_mb']:.0f} | {base / r['seconds']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
