@@ -2,8 +2,8 @@
 
     python bench/bench_train.py [--batch-size 64] [--steps 6] [--threads 2] [--compile]
 
-One step is what `conjure/train.py` does per batch: UNet forward, epsilon MSE, backward, gradient
-clipping, AdamW. Each setting runs in its own process (so its peak RSS is its own), on random
+One step is `conjure.train.training_step`, as training runs it per batch: UNet forward, weighted
+epsilon MSE, backward, gradient clipping, AdamW. Each setting runs in its own process (so its peak RSS is its own), on random
 inputs of the training shapes; the first two steps are warm-up and the median of the rest is
 reported. The reference row is the setting the shipped model trained with up to step 3,591:
 diffusers' `attention_head_dim=32`, which it reads as 32 heads of 4 channels, in float32.
@@ -39,16 +39,13 @@ def one_setting(heads: int, bf16: bool, channels_last: bool, compile_: bool, bat
     import resource
 
     import torch
-    import torch.nn.functional as F
-    from diffusers import UNet2DConditionModel
 
-    from conjure.train import CAPTION_TOKENS, make_unet
+    from conjure.train import CAPTION_TOKENS, loss_weights, make_scheduler, make_unet, training_step
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    config = dict(make_unet().config)
-    config["attention_head_dim"] = heads
-    unet = UNet2DConditionModel.from_config(config)
+    unet = make_unet(heads=heads)
+    weights = loss_weights(make_scheduler().alphas_cumprod)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     unet = unet.to(memory_format=fmt)
     forward = torch.compile(unet) if compile_ else unet
@@ -62,13 +59,7 @@ def one_setting(heads: int, bf16: bool, channels_last: bool, compile_: bool, bat
     seconds = []
     for _ in range(steps):
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            pred = forward(x, t, encoder_hidden_states=tokens, encoder_attention_mask=mask, class_labels=pooled).sample
-        loss = F.mse_loss(pred.float(), noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
+        training_step(forward, optimizer, x, t, noise, tokens, mask, pooled, weights, bf16)
         seconds.append(time.perf_counter() - start)
     return {"seconds": statistics.median(seconds[2:]), "first": seconds[0],
             "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
