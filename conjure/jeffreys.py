@@ -2,17 +2,36 @@
 
 Both trajectories start from the same noise x_T. Trajectory A is sampled under
 prompt a, trajectory B under prompt b, with the same ancestral sampler (DDIM with
-eta > 0; eta = 1 is DDPM). At every visited state the model is evaluated under
-both prompts. A stochastic step t -> s is Gaussian with mean mu(x_t | y) and a
-variance sigma^2 that does not depend on the prompt, so its KL is exact:
+eta > 0; eta = 1 is DDPM). At every visited state x_i (step i = 0..T-1, timestep t_i)
+the model is evaluated under both prompts, giving the squared prediction gap
 
-    KL_step = ||mu(x_t|a) - mu(x_t|b)||^2 / (2 sigma^2) = w(t, s) * ||eps(x_t|a) - eps(x_t|b)||^2
+    g_i = ||eps(x_i|a) - eps(x_i|b)||^2.
 
-KL(A||B) sums it along trajectory A, KL(B||A) along trajectory B, and
-D_J = (KL(A||B) + KL(B||A)) / 2, averaged over k noise samples. With eta = 1,
-w = (SNR_s / SNR_t - 1) / 2, so as steps -> infinity the sum becomes the Girsanov
-form 1/2 * integral ||eps_a - eps_b||^2 d(log SNR). The final step, which outputs
-the clean image, has sigma = 0 and carries no KL term.
+KL(A||B) sums w_i g_i along trajectory A, KL(B||A) along trajectory B, and
+D_J = (KL(A||B) + KL(B||A)) / 2, averaged over k noise samples. The weighting w_i says
+which quantity the sum estimates:
+
+- "girsanov" (default): the continuous-time divergence the paper defines. By Girsanov's
+  theorem the KL between two reverse SDEs that differ only in their drift is
+  1/2 int E||drift_a - drift_b||^2 / g(t)^2 dt; for the VP process in epsilon form that is
+  c(eta)/2 int ||eps_a - eps_b||^2 d(lambda), lambda = log SNR = log(abar / (1 - abar)), and
+  c(eta) = (1 + eta^2)^2 / (4 eta^2) for the DDIM-eta family (c = 1 for DDPM). The integral over
+  [t_0, t_{T-1}] is taken by the trapezoid rule in lambda, w_i = c/4 (lambda_{i+1} - lambda_{i-1})
+  (one-sided at the ends), which uses every evaluated state. The sampler's last stochastic
+  step spans a large lambda interval (t = 101 -> 1 at 10 steps: 3.7 -> 10.4 on the cosine
+  schedule); the trapezoid splits it between both ends instead of charging it all to x_101.
+- "exact": the KL between the two T-step Markov chains themselves. A step t -> s is Gaussian
+  with mean mu(x_t|y) and a prompt-independent variance sigma^2, so
+  KL_step = ||mu_a - mu_b||^2 / (2 sigma^2) = w(t,s) g_t, with w = 1/2 (SNR_s/SNR_t - 1) at eta = 1.
+  It tends to the girsanov value as T grows, but at T = 10 the last stochastic step's weight
+  (about 170 on the embedded model, against 0.4-1.6 for the others) makes it nearly the whole score.
+- "girsanov-left": the same integral by the left-point rule, w_i = c/2 (lambda_{i+1} - lambda_i).
+- "uniform": 1/2 g_i per stochastic step (an ablation: no weighting at all).
+
+The final step, which outputs the clean image, has sigma = 0 and lambda = inf: no chain KL
+term, and the integral ends at t_{T-1}. Results keep the unweighted gaps g_i of both
+trajectories (`per_step["gap_a"]`, `["gap_b"]`), so `reweight` recomputes any weighting,
+direction or subset of steps without running the model again.
 
 Per step, one batched model call evaluates eps(x_A|a), eps(x_A|b), eps(x_B|a),
 eps(x_B|b) (and eps(x_A|null), eps(x_B|null) under classifier-free guidance) for
@@ -24,7 +43,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -33,7 +52,7 @@ import torch
 from conjure.errors import ConjureError
 from conjure.models.base import Conditioning
 
-WEIGHTINGS = ("exact", "uniform")
+WEIGHTINGS = ("girsanov", "exact", "girsanov-left", "uniform")
 
 
 @dataclass(frozen=True)
@@ -44,7 +63,7 @@ class Settings:
     seed: int = 0
     size: int | None = None  # image side in pixels; None = the model's default
     eta: float = 1.0  # DDIM eta of the stochastic sampler; 1 = DDPM ancestral sampling
-    weighting: str = "exact"  # "exact": the sampler's path KL; "uniform": 1/2 ||d eps||^2 per step (ablation)
+    weighting: str = "girsanov"  # how the per-step gaps are weighted: see WEIGHTINGS and the module docstring
 
 
 # --- the sampler, in equations ------------------------------------------------------
@@ -64,8 +83,8 @@ def step_mean(x: torch.Tensor, eps: torch.Tensor, abar_t: float, abar_s: float, 
     return math.sqrt(abar_s) * predicted_x0(x, eps, abar_t) + math.sqrt(max(1 - abar_s - sigma**2, 0.0)) * eps
 
 
-def kl_weight(abar_t: float, abar_s: float, eta: float, weighting: str = "exact") -> float:
-    """w(t, s) with KL_step = w * ||eps_a - eps_b||^2 at a shared state; 0 for the noise-free last step.
+def kl_weight(abar_t: float, abar_s: float, eta: float) -> float:
+    """w(t, s) with the chain's KL_step = w * ||eps_a - eps_b||^2 at a shared state; 0 for the noise-free last step.
 
     mu is linear in eps with coefficient c = sqrt(1 - abar_s - sigma^2) - sqrt(abar_s (1 - abar_t) / abar_t),
     so ||mu_a - mu_b||^2 / (2 sigma^2) = c^2 / (2 sigma^2) * ||eps_a - eps_b||^2.
@@ -73,10 +92,33 @@ def kl_weight(abar_t: float, abar_s: float, eta: float, weighting: str = "exact"
     sigma = ddim_sigma(abar_t, abar_s, eta)
     if sigma == 0.0:
         return 0.0
-    if weighting == "uniform":
-        return 0.5
     c = math.sqrt(max(1 - abar_s - sigma**2, 0.0)) - math.sqrt(abar_s * (1 - abar_t) / abar_t)
     return c * c / (2 * sigma**2)
+
+
+def log_snr(abar: float) -> float:
+    """lambda = log(abar / (1 - abar))."""
+    return math.log(abar / (1 - abar))
+
+
+def girsanov_factor(eta: float) -> float:
+    """c(eta) = (1 + eta^2)^2 / (4 eta^2): the continuous KL per unit of 1/2 ||d eps||^2 d(lambda) (1 for DDPM)."""
+    return (1 + eta**2) ** 2 / (4 * eta**2)
+
+
+def step_weights(abars: Sequence[float], eta: float, weighting: str) -> list[float]:
+    """w_i for the T evaluated states, abars[i] = abar at step i's timestep (the step after the last outputs x0)."""
+    T = len(abars)
+    if weighting == "exact":
+        return [kl_weight(abars[i], abars[i + 1] if i + 1 < T else 1.0, eta) for i in range(T)]
+    if weighting == "uniform":
+        return [0.5] * (T - 1) + [0.0]
+    lam, c = [log_snr(a) for a in abars], girsanov_factor(eta)
+    if weighting == "girsanov-left":
+        return [c / 2 * (lam[i + 1] - lam[i]) for i in range(T - 1)] + [0.0]
+    if weighting == "girsanov":  # trapezoid rule on [lambda_0, lambda_{T-1}]
+        return [c / 4 * (lam[min(i + 1, T - 1)] - lam[max(i - 1, 0)]) for i in range(T)]
+    raise ConjureError(f"unknown weighting {weighting!r}; use one of {', '.join(WEIGHTINGS)}")
 
 
 def guided(eps_cond: torch.Tensor, eps_null: torch.Tensor | None, scale: float) -> torch.Tensor:
@@ -104,17 +146,27 @@ class JeffreysResult:
     kl_ab: float  # KL(P_a || P_b), along trajectories sampled under a
     kl_ba: float
     stderr: float | None  # standard error of jeffreys over the k samples (None for k = 1)
-    per_step: dict  # {"timestep": [...], "kl_ab": [...], "kl_ba": [...]}, means over samples
+    # Per sampler step, means over samples: "timestep", "abar" (abar of the timestep), "weight" (w_i),
+    # "kl_ab", "kl_ba" (the weighted terms, summing to kl_ab and kl_ba), and "gap_a", "gap_b": the unweighted
+    # ||eps(x|a) - eps(x|b)||^2 at trajectory A's and B's states, from which `reweight` recomputes any weighting.
+    per_step: dict
     per_sample: list[float]  # jeffreys of each noise sample
     seconds: float
     settings: dict
     model: str
     truncated: list[bool] = field(default_factory=lambda: [False, False])
+    dims: int = 0  # numbers in one state (C*H*W): divide by it to compare models with different state sizes
+    percentile: float | None = None  # % of random everyday phrase pairs that are farther apart (see conjure.calibration)
     images: tuple[np.ndarray, np.ndarray] | None = None  # final sample 0 of trajectories A and B (uint8 HWC)
+
+    @property
+    def jeffreys_per_dim(self) -> float:
+        return self.jeffreys / self.dims if self.dims else float("nan")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("images")
+        d["jeffreys_per_dim"] = self.jeffreys_per_dim
         return d
 
 
@@ -142,6 +194,9 @@ class BatchStep:
 
     index: int
     timestep: int
+    abar: float  # abar of the timestep
+    weight: float  # w_i: this step's KL terms are weight * gap_sq
+    gap_sq: torch.Tensor  # (P, 2, k) ||eps(x|a) - eps(x|b)||^2 at trajectory A's [:, 0] and B's [:, 1] states
     kl_ab: torch.Tensor
     kl_ba: torch.Tensor
     x0: torch.Tensor  # (P, 2, k, C, H, W) predicted clean states of trajectories A and B
@@ -231,6 +286,7 @@ def jeffreys_steps(model, pairs: Sequence[tuple[str, str]], settings: Settings =
 
     timesteps = sampler_timesteps(model, settings.steps)
     abar = model.alphas_cumprod.tolist()
+    weights = step_weights([abar[t] for t in timesteps], settings.eta, settings.weighting) if abar[timesteps[0]] > 0 else None
     if abar[timesteps[0]] <= 0:
         raise ConjureError(
             f"the model's schedule has zero signal at t={timesteps[0]} (a zero-terminal-SNR schedule with trailing "
@@ -256,22 +312,25 @@ def jeffreys_steps(model, pairs: Sequence[tuple[str, str]], settings: Settings =
         eps_a = guided(eps[:, :, 0], null, settings.guidance)  # (P, 2, k, C, H, W), under prompt a
         eps_b = guided(eps[:, :, 1], null, settings.guidance)
         gap = eps_a - eps_b
-        w = kl_weight(abar_t, abar_s, settings.eta, settings.weighting)
-        kl = w * gap.double().pow(2).flatten(3).sum(-1)  # (P, 2, k)
+        gap_sq = gap.double().pow(2).flatten(3).sum(-1).cpu()  # (P, 2, k)
+        kl = weights[i] * gap_sq
 
         # A follows prompt a, B follows prompt b; both use the same noise.
         own = torch.stack([eps_a[:, 0], eps_b[:, 1]], dim=1)
         x0 = predicted_x0(x, own, abar_t)
         x = step_mean(x, own, abar_t, abar_s, sigma) + sigma * noises[i].to(device)
-        yield BatchStep(i, t, kl[:, 0].cpu(), kl[:, 1].cpu(), x0, gap, truncated)
+        yield BatchStep(i, t, abar_t, weights[i], gap_sq, kl[:, 0], kl[:, 1], x0, gap, truncated)
 
 
-def summarize(pairs, per_step_ab, per_step_ba, timesteps, seconds, settings, model, truncated) -> list[JeffreysResult]:
-    """Turn per-step KL terms, each (steps, P, k), into one result per pair."""
-    ab, ba = torch.stack(per_step_ab), torch.stack(per_step_ba)  # (steps, P, k)
+def summarize(pairs, steps: list[BatchStep], seconds, settings, model, truncated) -> list[JeffreysResult]:
+    """Turn the steps of a batch (each with gaps of shape (P, 2, k)) into one result per pair."""
+    gaps = torch.stack([s.gap_sq for s in steps])  # (steps, P, 2, k)
+    w = torch.tensor([s.weight for s in steps], dtype=gaps.dtype).view(-1, 1, 1, 1)
+    kl = w * gaps
+    dims = int(np.prod(model.latent_shape(settings.size or model.default_size)))
     results = []
     for p, (a, b) in enumerate(pairs):
-        kl_ab, kl_ba = ab[:, p].sum(0), ba[:, p].sum(0)  # (k,)
+        kl_ab, kl_ba = kl[:, p, 0].sum(0), kl[:, p, 1].sum(0)  # (k,)
         j = (kl_ab + kl_ba) / 2
         if not torch.isfinite(j).all():
             raise ConjureError(
@@ -279,40 +338,64 @@ def summarize(pairs, per_step_ab, per_step_ba, timesteps, seconds, settings, mod
                 "(half precision overflow? try dtype float32)"
             )
         k = len(j)
+        per_step = {
+            "timestep": [s.timestep for s in steps], "abar": [s.abar for s in steps], "weight": [s.weight for s in steps],
+            "kl_ab": kl[:, p, 0].mean(1).tolist(), "kl_ba": kl[:, p, 1].mean(1).tolist(),
+            "gap_a": gaps[:, p, 0].mean(1).tolist(), "gap_b": gaps[:, p, 1].mean(1).tolist(),
+        }
         results.append(JeffreysResult(
             text_a=a, text_b=b,
             jeffreys=float(j.mean()), kl_ab=float(kl_ab.mean()), kl_ba=float(kl_ba.mean()),
             stderr=float(j.std(unbiased=True) / math.sqrt(k)) if k > 1 else None,
-            per_step={"timestep": list(timesteps), "kl_ab": ab[:, p].mean(1).tolist(), "kl_ba": ba[:, p].mean(1).tolist()},
-            per_sample=j.tolist(), seconds=seconds, settings=asdict(settings), model=model.name,
-            truncated=truncated[p],
+            per_step=per_step, per_sample=j.tolist(), seconds=seconds, settings=asdict(settings), model=model.name,
+            truncated=truncated[p], dims=dims,
         ))
     return results
+
+
+@dataclass
+class Reweighted:
+    kl_ab: float
+    kl_ba: float
+    jeffreys: float
+    kl_ab_per_step: list[float]
+    kl_ba_per_step: list[float]
+
+
+def reweight(per_step: dict, weighting: str, eta: float = 1.0, steps: Sequence[int] | None = None) -> Reweighted:
+    """KL(A||B), KL(B||A) and D_J from a result's kept gaps under another weighting, over a subset of steps.
+
+    `steps` are 0-based step indices (default: all). Needs no model: `per_step` is JeffreysResult.per_step
+    (or the same dict from JSON or the STS cache).
+    """
+    try:
+        abars, gap_a, gap_b = per_step["abar"], per_step["gap_a"], per_step["gap_b"]
+    except (KeyError, TypeError):
+        raise ConjureError("these results carry no per-step gaps (made before conjure kept them); score again") from None
+    w = step_weights(abars, eta, weighting)
+    chosen = set(range(len(w)) if steps is None else steps)
+    ab = [w[i] * gap_a[i] if i in chosen else 0.0 for i in range(len(w))]
+    ba = [w[i] * gap_b[i] if i in chosen else 0.0 for i in range(len(w))]
+    return Reweighted(sum(ab), sum(ba), (sum(ab) + sum(ba)) / 2, ab, ba)
 
 
 def score_batch(model, pairs: Sequence[tuple[str, str]], settings: Settings = Settings()) -> list[JeffreysResult]:
     """Score a batch of pairs together: one model call per step for all of them."""
     start = time.perf_counter()
-    ab, ba, timesteps, truncated = [], [], [], None
-    for event in jeffreys_steps(model, pairs, settings):
-        ab.append(event.kl_ab)
-        ba.append(event.kl_ba)
-        timesteps.append(event.timestep)
-        truncated = event.truncated
+    steps = [replace(event, x0=None, eps_gap=None) for event in jeffreys_steps(model, pairs, settings)]
     seconds = (time.perf_counter() - start) / len(pairs)
-    return summarize(list(pairs), ab, ba, timesteps, seconds, settings, model, truncated)
+    return summarize(list(pairs), steps, seconds, settings, model, steps[-1].truncated)
 
 
 def stream(model, text_a: str, text_b: str, settings: Settings = Settings(), previews: bool = True,
            decode_final: bool = True) -> Iterator[StepEvent]:
     """Yield one StepEvent per sampler step for a single pair; the last one carries the JeffreysResult."""
     start = time.perf_counter()
-    ab, ba, timesteps = [], [], []
+    steps: list[BatchStep] = []
+    total_ab = total_ba = 0.0
     for event in jeffreys_steps(model, [(text_a, text_b)], settings):
-        ab.append(event.kl_ab)
-        ba.append(event.kl_ba)
-        timesteps.append(event.timestep)
-        total_ab, total_ba = float(torch.stack(ab)[:, 0].sum(0).mean()), float(torch.stack(ba)[:, 0].sum(0).mean())
+        kl_ab, kl_ba = float(event.kl_ab[0].mean()), float(event.kl_ba[0].mean())
+        total_ab, total_ba = total_ab + kl_ab, total_ba + kl_ba
         last = event.index == settings.steps - 1
         image_a = image_b = difference = None
         if previews or last:
@@ -320,14 +403,14 @@ def stream(model, text_a: str, text_b: str, settings: Settings = Settings(), pre
             render = model.decode if (last and decode_final) else model.preview
             image_a, image_b = render(sample0)
             difference = event.eps_gap[0, 0, 0].float().norm(dim=0).cpu().numpy()
+        steps.append(replace(event, x0=None, eps_gap=None))  # keep the numbers, not the states
         result = None
         if last:
-            result = summarize([(text_a, text_b)], ab, ba, timesteps, time.perf_counter() - start, settings, model,
+            result = summarize([(text_a, text_b)], steps, time.perf_counter() - start, settings, model,
                                event.truncated)[0]
             result.images = (image_a, image_b)
         yield StepEvent(
-            step=event.index + 1, steps=settings.steps, timestep=event.timestep,
-            kl_ab=float(event.kl_ab[0].mean()), kl_ba=float(event.kl_ba[0].mean()),
+            step=event.index + 1, steps=settings.steps, timestep=event.timestep, kl_ab=kl_ab, kl_ba=kl_ba,
             total_kl_ab=total_ab, total_kl_ba=total_ba, jeffreys=(total_ab + total_ba) / 2,
             image_a=image_a, image_b=image_b, difference=difference, result=result,
         )

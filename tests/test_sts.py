@@ -467,3 +467,54 @@ def test_methods_on_a_stable_diffusion_pipeline(tiny_sd1):
             tiny_sd1.unet.conv_out.bias.sub_(1e-3)
     assert ConjureMethod(tiny_sd1, small).key == key
     assert ConjureMethod(tiny_sd1, conjure.Settings(steps=3, size=16)).key != key
+
+
+def test_one_cached_run_serves_every_weighting_and_the_ablation(tmp_path, tiny_model, capfd):
+    data_dir, cache = tmp_path / "data", tmp_path / "cache.sqlite3"
+    write_stsb(data_dir, rows=PAIRS)
+    run = sts_args(data_dir, tiny_model, cache, "--methods", "conjure", "--steps", "4", "--batch-size", "8")
+    reports = {}
+    for weighting in ("girsanov", "exact", "uniform"):
+        out = tmp_path / f"{weighting}.json"
+        assert main([*run, "--weighting", weighting, "--json", str(out)]) == 0
+        reports[weighting] = json.loads(out.read_text())
+    assert reports["girsanov"]["methods"]["conjure"]["computed"] == len(PAIRS)
+    assert reports["exact"]["methods"]["conjure"]["computed"] == 0  # reweighted from the kept gaps
+    assert reports["uniform"]["methods"]["conjure"]["computed"] == 0
+    spearman = {w: r["datasets"]["stsb"]["methods"]["conjure"]["spearman"] for w, r in reports.items()}
+    capfd.readouterr()
+
+    out = tmp_path / "ablation.json"
+    assert main([*run, "--ablation", "--json", str(out)]) == 0
+    printed = capfd.readouterr().out
+    assert "Ablation on STS-B" in printed and "| girsanov | Jeffreys |" in printed and "largest step" in printed
+    ablation = json.loads(out.read_text())["ablation"]["stsb"]
+    for weighting, value in spearman.items():  # the ablation's "all steps" cells are the runs' own figures
+        assert ablation["spearman"][weighting]["Jeffreys"]["all"] == pytest.approx(value, abs=1e-9)
+    assert set(ablation["spearman"]["exact"]["KL(A‖B)"]) >= {"early half", "late half", "step 1", "step 4"}
+    assert 0 < ablation["largest_step_share"]["girsanov"] <= 1
+
+
+def test_a_damaged_cache_row_is_a_clear_error(tmp_path, tiny_model, capsys):
+    data_dir, cache = tmp_path / "data", tmp_path / "cache.sqlite3"
+    write_stsb(data_dir, rows=PAIRS[:4])
+    run = sts_args(data_dir, tiny_model, cache, "--methods", "conjure", "--steps", "2")
+    assert main(run) == 0
+    db = sqlite3.connect(cache)
+    with db:
+        db.execute("UPDATE scores SET details = '{\"jeffreys\": 1.0}' WHERE rowid = 1")
+    db.close()
+    capsys.readouterr()
+    assert main(run) == 2
+    err = capsys.readouterr().err
+    assert "damaged row" in err and "--cache" in err
+
+
+def test_stsb_dev_split_is_read_and_all_means_the_test_sets(tmp_path):
+    from conjure.sts.data import load_dataset, parse_dataset_names
+
+    write_stsb(tmp_path, rows=PAIRS[:3])
+    (tmp_path / "sts-test.csv").rename(tmp_path / "sts-dev.csv")
+    dev = load_dataset("stsb-dev", tmp_path)
+    assert len(dev) == 3 and dev.source.endswith("sts-dev.csv")
+    assert "stsb-dev" not in parse_dataset_names("all")

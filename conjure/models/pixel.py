@@ -34,6 +34,7 @@ class PixelModel:
         self.alphas_cumprod = scheduler.alphas_cumprod.double().cpu()
         self.default_size = unet.config.sample_size
         self.size_multiple = 2 ** (len(unet.config.block_out_channels) - 1)
+        self.folder: Path | None = None  # the model folder, when loaded from one
 
     @classmethod
     def from_folder(cls, folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
@@ -46,8 +47,10 @@ class PixelModel:
         unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype, use_safetensors=True).to(device)
         scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
         encoder = MiniLM(max_tokens=meta.get("text_encoder_max_tokens", 64), device=device)
-        return cls(unet, scheduler, encoder, meta.get("null_prompt", ""), name=folder.name,
-                   pooled_scale=meta.get("pooled_scale", 1.0))
+        model = cls(unet, scheduler, encoder, meta.get("null_prompt", ""), name=folder.name,
+                    pooled_scale=meta.get("pooled_scale", 1.0))
+        model.folder = folder  # where its shipped calibration lives (conjure.calibration)
+        return model
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> Conditioning:

@@ -54,6 +54,9 @@ def add_parser(subparsers) -> None:
                         f"default: $CONJURE_STS_CACHE or {default_cache_path()}")
     p.add_argument("--json", metavar="OUT", default=None, help="write the full report (JSON) here")
     p.add_argument("--markdown", metavar="OUT", default=None, help="write the tables (Markdown) here too")
+    p.add_argument("--ablation", action="store_true",
+                   help="also print the paper's ablation (weighting x direction x steps) from the same run's kept "
+                        "per-step gaps, with the share of the score its largest step carries")
     add_model_options(p)
     add_estimator_options(p)
     p.set_defaults(func=cmd_sts)
@@ -127,6 +130,8 @@ def command_line(args, datasets: list[str], methods: list[str]) -> str:
         parts += ["--limit", str(args.limit)]
     if args.add_full_stop:
         parts.append("--add-full-stop")
+    if getattr(args, "ablation", False):
+        parts.append("--ablation")
     if "conjure" in methods or "text-encoder" in methods:
         parts += ["--model", args.model or default_model()] + (["--dtype", args.dtype] if args.dtype else [])
     if "conjure" in methods:
@@ -229,11 +234,23 @@ def cmd_sts(args) -> int:
         store.close()
         return 0
 
-    scores = {m.name: store.get(m.key) for m in methods}
+    scores = {m.name: m.read(store.get(m.key)) for m in methods}
     store.close()
     report = build_report(args, data, methods, model, scores, counts, state.num_processes, str(store.path))
     report["wall_seconds"] = time.perf_counter() - start
     table = markdown(report)
+    conjure_method = next((m for m in methods if m.name == "conjure"), None)
+    if args.ablation and conjure_method is None:
+        raise ConjureError("--ablation needs the conjure method (add --methods conjure)")
+    if args.ablation:
+        from conjure.sts.ablation import ablation, ablation_markdown
+
+        report["ablation"] = {}
+        for d in data:
+            rows = scores["conjure"]
+            result = ablation(d.gold, [rows[p].details["per_step"] for p in d.pairs], conjure_method.settings.eta)
+            report["ablation"][d.name] = result
+            table += "\n" + ablation_markdown(d.title, result)
     print(table)
     if args.json:
         write_atomic(args.json, json.dumps(report, indent=2, default=str) + "\n")

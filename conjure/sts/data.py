@@ -44,6 +44,7 @@ class DatasetSpec:
     title: str  # the name in tables, as the literature writes it
     hub_id: str
     hub_revision: str  # the revision MTEB pins
+    split: str = "test"  # "dev" for choosing settings; figures are reported on "test"
     senteval_dir: str | None = None  # SentEval folder of STS12-16
     senteval_subsets: tuple[str, ...] = ()
 
@@ -52,15 +53,18 @@ DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in [
         DatasetSpec("stsb", "STS-B", "mteb/stsbenchmark-sts", "b0fddb56ed78048fa8b90373c8a3cfc37b684831"),
-        DatasetSpec("sts12", "STS12", "mteb/sts12-sts", "a0d554a64d88156834ff5ae9920b964011b16384", "STS12-en-test",
+        # The development split: for choosing estimator settings, never for reporting.
+        DatasetSpec("stsb-dev", "STS-B dev", "mteb/stsbenchmark-sts", "b0fddb56ed78048fa8b90373c8a3cfc37b684831",
+                    "validation"),
+        DatasetSpec("sts12", "STS12", "mteb/sts12-sts", "a0d554a64d88156834ff5ae9920b964011b16384", "test", "STS12-en-test",
                     ("MSRpar", "MSRvid", "SMTeuroparl", "surprise.OnWN", "surprise.SMTnews")),
-        DatasetSpec("sts13", "STS13", "mteb/sts13-sts", "7e90230a92c190f1bf69ae9002b8cea547a64cca", "STS13-en-test",
+        DatasetSpec("sts13", "STS13", "mteb/sts13-sts", "7e90230a92c190f1bf69ae9002b8cea547a64cca", "test", "STS13-en-test",
                     ("FNWN", "headlines", "OnWN")),
-        DatasetSpec("sts14", "STS14", "mteb/sts14-sts", "6031580fec1f6af667f0bd2da0a551cf4f0b2375", "STS14-en-test",
+        DatasetSpec("sts14", "STS14", "mteb/sts14-sts", "6031580fec1f6af667f0bd2da0a551cf4f0b2375", "test", "STS14-en-test",
                     ("deft-forum", "deft-news", "headlines", "images", "OnWN", "tweet-news")),
-        DatasetSpec("sts15", "STS15", "mteb/sts15-sts", "ae752c7c21bf194d8b67fd573edf7ae58183cbe3", "STS15-en-test",
+        DatasetSpec("sts15", "STS15", "mteb/sts15-sts", "ae752c7c21bf194d8b67fd573edf7ae58183cbe3", "test", "STS15-en-test",
                     ("answers-forums", "answers-students", "belief", "headlines", "images")),
-        DatasetSpec("sts16", "STS16", "mteb/sts16-sts", "4d8694f8f0e0100860b497b999b3dbed754a0513", "STS16-en-test",
+        DatasetSpec("sts16", "STS16", "mteb/sts16-sts", "4d8694f8f0e0100860b497b999b3dbed754a0513", "test", "STS16-en-test",
                     ("answer-answer", "headlines", "plagiarism", "postediting", "question-question")),
         DatasetSpec("sickr", "SICK-R", "mteb/sickr-sts", "20a6d6f312dd54037fe07a32d58e5e168867909d"),
     ]
@@ -89,8 +93,8 @@ def parse_dataset_names(text: str) -> list[str]:
         name = raw.strip().lower()
         if not name:
             continue
-        if name == "all":
-            names += list(DATASETS)
+        if name == "all":  # every test set; the dev split is named on its own
+            names += [n for n, spec in DATASETS.items() if spec.split == "test"]
             continue
         name = ALIASES.get(name, name)
         if name not in DATASETS:
@@ -245,12 +249,12 @@ def _first(found) -> Path | None:
 def find_local(spec: DatasetSpec, data_dir: Path) -> STSData | None:
     """The dataset from files under data_dir, or None if none of its layouts is there."""
     mteb_dir = spec.hub_id.split("/")[1]  # e.g. sts12-sts
-    for pattern in ("test.jsonl", "test.jsonl.gz"):
+    for pattern in (f"{spec.split}.jsonl", f"{spec.split}.jsonl.gz"):
         path = _first(p for p in data_dir.rglob(pattern) if p.parent.name == mteb_dir)
         if path:
             return read_mteb_file(path, spec)
-    if spec.name == "stsb":
-        path = _first(data_dir.rglob("sts-test.csv"))
+    if spec.name in ("stsb", "stsb-dev"):
+        path = _first(data_dir.rglob(expected_files(spec)))
         return read_stsb_csv(path, spec) if path else None
     if spec.name == "sickr":
         path = _first(data_dir.rglob("SICK.txt")) or _first(data_dir.rglob("SICK_test_annotated.txt"))
@@ -268,17 +272,19 @@ def find_local(spec: DatasetSpec, data_dir: Path) -> STSData | None:
 def expected_files(spec: DatasetSpec) -> str:
     if spec.name == "stsb":
         return "sts-test.csv"
+    if spec.name == "stsb-dev":
+        return "sts-dev.csv"
     if spec.name == "sickr":
         return "SICK.txt or SICK_test_annotated.txt"
     return f"{spec.senteval_dir}/STS.input.<subset>.txt with STS.gs.<subset>.txt"
 
 
-def hub_file(files: list[str]) -> str | None:
-    """The test split among a hub dataset's files: test.jsonl[.gz] or a test parquet shard."""
-    for name in ("test.jsonl.gz", "test.jsonl"):
+def hub_file(files: list[str], split: str = "test") -> str | None:
+    """A split among a hub dataset's files: test.jsonl[.gz] or a test parquet shard (or the named split's)."""
+    for name in (f"{split}.jsonl.gz", f"{split}.jsonl"):
         if name in files:
             return name
-    parquet = sorted(f for f in files if f.endswith(".parquet") and Path(f).name.startswith("test"))
+    parquet = sorted(f for f in files if f.endswith(".parquet") and Path(f).name.startswith(split))
     if len(parquet) == 1:
         return parquet[0]
     return None
@@ -291,7 +297,7 @@ def load_from_hub(spec: DatasetSpec) -> STSData:
     def source(name: str) -> str:
         return f"hf://datasets/{spec.hub_id}@{spec.hub_revision[:8]}/{name}"
 
-    for name in ("test.jsonl.gz", "data/test-00000-of-00001.parquet"):
+    for name in (f"{spec.split}.jsonl.gz", f"data/{spec.split}-00000-of-00001.parquet"):
         try:
             path = hf_hub_download(spec.hub_id, name, repo_type="dataset", revision=spec.hub_revision,
                                    local_files_only=True)
@@ -303,7 +309,7 @@ def load_from_hub(spec: DatasetSpec) -> STSData:
                            "is not fetched from the hub; pass --data-dir with the files")
     try:
         files = HfApi().list_repo_files(spec.hub_id, repo_type="dataset", revision=spec.hub_revision)
-        name = hub_file(files)
+        name = hub_file(files, spec.split)
         if name is None:
             raise ConjureError(f"{spec.hub_id}@{spec.hub_revision[:8]}: no test split file among {files}")
         path = hf_hub_download(spec.hub_id, name, repo_type="dataset", revision=spec.hub_revision)

@@ -21,7 +21,7 @@ from importlib.metadata import PackageNotFoundError, version
 import torch
 
 import conjure
-from conjure.jeffreys import Settings, check_settings, score_batch
+from conjure.jeffreys import Settings, check_settings, reweight, score_batch
 from conjure.sts.store import PairScore, identity_key
 
 METHODS = ("conjure", "text-encoder", "minilm")
@@ -117,9 +117,14 @@ def cosine_scores(emb: torch.Tensor, rows_a: list[int], rows_b: list[int]) -> li
 
 
 class ConjureMethod:
-    """-D_J, one batched model call per sampler step for the whole batch of pairs."""
+    """-D_J, one batched model call per sampler step for the whole batch of pairs.
+
+    The cache keeps each pair's unweighted per-step gaps, so its key leaves out the weighting:
+    every weighting (and the ablation's subsets of steps) is computed from the same stored run.
+    """
 
     name = "conjure"
+    CACHE_FORMAT = 2  # 2: rows carry per-step gaps (rows of format 1 had totals only, under another key)
 
     def __init__(self, model, settings: Settings, batch_size: int = 8):
         if batch_size < 1:
@@ -128,18 +133,37 @@ class ConjureMethod:
         # the image size resolved, so the default size and the same size given explicitly share a cache key
         self.settings = replace(settings, size=check_settings(model, settings))
         self.batch_size = batch_size
+        cached_settings = {k: v for k, v in asdict(self.settings).items() if k != "weighting"}
         self.identity = {"method": self.name, "score": "-jeffreys", "model": model_identity(model),
-                         "settings": asdict(self.settings), "conjure": conjure.__version__}
+                         "settings": cached_settings, "cache_format": self.CACHE_FORMAT,
+                         "conjure": conjure.__version__}
         self.key = identity_key(self.identity)
         self.description = f"−D_J of {model.name}"
 
     def score(self, pairs: list[tuple[str, str]]) -> list[PairScore]:
         results = score_batch(self.model, pairs, self.settings)
+        keep = ("timestep", "abar", "gap_a", "gap_b")
         return [
             PairScore(-r.jeffreys, (bool(r.truncated[0]), bool(r.truncated[1])),
-                      {"jeffreys": r.jeffreys, "kl_ab": r.kl_ab, "kl_ba": r.kl_ba, "stderr": r.stderr}, r.seconds)
+                      {"jeffreys": r.jeffreys, "kl_ab": r.kl_ab, "kl_ba": r.kl_ba, "stderr": r.stderr,
+                       "weighting": self.settings.weighting, "per_step": {k: r.per_step[k] for k in keep}}, r.seconds)
             for r in results
         ]
+
+    def read(self, stored: dict[tuple[str, str], PairScore]) -> dict[tuple[str, str], PairScore]:
+        """Stored rows as scores under this run's weighting (recomputed from the kept gaps)."""
+        out = {}
+        for pair, row in stored.items():
+            try:
+                r = reweight(row.details["per_step"], self.settings.weighting, self.settings.eta)
+            except (KeyError, TypeError, IndexError, ValueError, conjure.ConjureError):
+                raise conjure.ConjureError(
+                    f"the score cache has a damaged row for {pair!r} (no usable per-step gaps); delete that "
+                    "cache file (--cache) or point --cache at a new one, and run again") from None
+            details = {**row.details, "jeffreys": r.jeffreys, "kl_ab": r.kl_ab, "kl_ba": r.kl_ba,
+                       "weighting": self.settings.weighting}
+            out[pair] = replace(row, score=-r.jeffreys, details=details)
+        return out
 
 
 class TextEncoderMethod:
@@ -154,6 +178,9 @@ class TextEncoderMethod:
                          "conjure": conjure.__version__}
         self.key = identity_key(self.identity)
         self.description = f"cosine of {model.name}'s own text embedding"
+
+    def read(self, stored: dict[tuple[str, str], PairScore]) -> dict[tuple[str, str], PairScore]:
+        return stored
 
     def score(self, pairs: list[tuple[str, str]]) -> list[PairScore]:
         start = time.perf_counter()
@@ -187,6 +214,9 @@ class MiniLMMethod:
                          "max_seq_length": self.encoder.max_seq_length}
         self.key = identity_key(self.identity)
         self.description = "cosine of all-MiniLM-L6-v2 (sentence-transformers)"
+
+    def read(self, stored: dict[tuple[str, str], PairScore]) -> dict[tuple[str, str], PairScore]:
+        return stored
 
     def score(self, pairs: list[tuple[str, str]]) -> list[PairScore]:
         start = time.perf_counter()

@@ -1,0 +1,194 @@
+"""A score on a human scale: where a divergence falls among random pairs of everyday phrases.
+
+    python -m conjure calibrate --model emoji          # once per model and settings (a few minutes on a CPU)
+    r = conjure.score(model, "snow leopard", "bengal tiger")
+    r.percentile   # 96.5: "closer than 96.5% of random pairs of everyday phrases"
+
+Nats of a path divergence mean little to a person, and they differ between models (state size,
+schedule). A calibration scores a fixed random draw of pairs from EVERYDAY_PHRASES under the
+model and settings, and keeps each pair's per-step gaps, so the reference distribution is known
+for every weighting. A new divergence d is reported as the percentage of reference pairs whose
+divergence is larger than d.
+
+A calibration belongs to one model's loaded weights and to the settings that change the expected
+divergence (steps, guidance, eta, image size); the number of samples k and the seed only change
+its noise, so they are not part of the key. Calibrations of the embedded model ship in its folder
+(`calibration.json`); others are written to ~/.cache/conjure/calibration/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from conjure.errors import ConjureError
+from conjure.jeffreys import Settings, check_settings, reweight
+
+# Everyday concepts a person would type: animals, food, objects, places, weather, people, feelings.
+EVERYDAY_PHRASES = [
+    "a dog", "a cat", "a horse", "a cow", "a pig", "a chicken", "a duck", "an owl", "a penguin", "a parrot",
+    "a fish", "a shark", "a whale", "a dolphin", "an octopus", "a crab", "a snail", "a butterfly", "a bee", "a spider",
+    "a snake", "a turtle", "a frog", "a lizard", "a crocodile", "a lion", "a tiger", "a leopard", "an elephant",
+    "a giraffe", "a zebra", "a monkey", "a gorilla", "a bear", "a panda", "a koala", "a rabbit", "a mouse", "a fox",
+    "a wolf", "a deer", "a camel", "a kangaroo", "a bat", "a unicorn", "a dragon",
+    "an apple", "a banana", "a pear", "a lemon", "an orange", "a watermelon", "grapes", "a strawberry", "cherries",
+    "a pineapple", "a peach", "a coconut", "an avocado", "a carrot", "a tomato", "a potato", "corn", "broccoli",
+    "a mushroom", "bread", "cheese", "an egg", "a pizza", "a hamburger", "french fries", "a hot dog", "a taco",
+    "spaghetti", "sushi", "rice", "a cake", "a cookie", "a doughnut", "ice cream", "chocolate", "candy",
+    "a cup of coffee", "a cup of tea", "a glass of milk", "a glass of wine", "a bottle of beer",
+    "a car", "a bus", "a truck", "a bicycle", "a motorcycle", "a train", "an airplane", "a helicopter", "a rocket",
+    "a ship", "a sailboat", "a tractor", "an ambulance", "a police car", "a fire engine", "a taxi",
+    "a house", "a castle", "a church", "a school", "a hospital", "a factory", "a tent", "a bridge", "a stadium",
+    "a mountain", "a volcano", "an island", "a desert", "a beach", "a forest", "a city at night",
+    "the sun", "the moon", "a star", "a cloud", "rain", "snow", "a rainbow", "lightning", "a tornado", "fire",
+    "a tree", "a palm tree", "a cactus", "a flower", "a rose", "a tulip", "a sunflower", "a leaf", "a seedling",
+    "a clock", "a watch", "a phone", "a laptop", "a computer", "a television", "a camera", "a light bulb",
+    "a key", "a lock", "a hammer", "a wrench", "scissors", "a pencil", "a pen", "a book", "a newspaper",
+    "an envelope", "a gift", "a balloon", "a candle", "an umbrella", "a bag", "a hat", "a crown", "a ring",
+    "glasses", "a shoe", "a boot", "a dress", "a t-shirt", "jeans", "a sock", "a glove",
+    "a guitar", "a piano", "a violin", "a drum", "a trumpet", "a microphone", "headphones",
+    "a soccer ball", "a basketball", "a tennis racket", "a trophy", "a medal", "a chess piece", "dice",
+    "a baby", "a child", "an old man", "an old woman", "a doctor", "a police officer", "a firefighter", "a cook",
+    "a farmer", "a teacher", "an astronaut", "a king", "a princess", "a ghost", "a robot", "an alien", "a skull",
+    "a smiling face", "a crying face", "an angry face", "a sleeping face", "a laughing face", "a red heart",
+    "a broken heart", "a thumbs up", "a waving hand", "a kiss",
+]
+
+CALIBRATION_FILE = "calibration.json"
+FORMAT = 1
+
+
+def reference_pairs(count: int, seed: int = 0, phrases: list[str] = EVERYDAY_PHRASES) -> list[tuple[str, str]]:
+    """A fixed random draw of `count` distinct unordered pairs of different phrases."""
+    rng = random.Random(seed)
+    pairs: set[tuple[str, str]] = set()
+    limit = len(phrases) * (len(phrases) - 1) // 2
+    while len(pairs) < min(count, limit):
+        a, b = rng.sample(phrases, 2)
+        pairs.add((a, b) if a < b else (b, a))
+    return sorted(pairs)
+
+
+def model_digest(model) -> str | None:
+    """The hash of the loaded weights (computed once per model object)."""
+    if not hasattr(model, "_conjure_weights_digest"):
+        from conjure.sts.methods import weight_modules, weights_digest
+
+        digest = weights_digest(weight_modules(model))
+        try:
+            model._conjure_weights_digest = digest
+        except AttributeError:  # an object that takes no new attributes: hash again next time
+            return digest
+    return model._conjure_weights_digest
+
+
+def calibration_key(model, settings: Settings) -> dict:
+    """What the reference distribution depends on: the weights and the settings that move the expected value."""
+    return {"weights": model_digest(model), "steps": settings.steps, "guidance": float(settings.guidance),
+            "eta": float(settings.eta), "size": check_settings(model, settings)}
+
+
+@dataclass
+class Calibration:
+    key: dict  # calibration_key of the run
+    model: str
+    settings: dict  # the settings it was run with (samples and seed included, for the record)
+    pairs: list[tuple[str, str]]
+    per_step: list[dict]  # per pair: timestep, abar, gap_a, gap_b (weighting-free)
+
+    def reference(self, weighting: str) -> np.ndarray:
+        """The sorted reference divergences under a weighting."""
+        return np.sort([reweight(p, weighting, self.key["eta"]).jeffreys for p in self.per_step])
+
+    def percentile(self, jeffreys: float, weighting: str) -> float:
+        """% of reference pairs whose divergence is larger: 'closer than X% of random everyday pairs'."""
+        ref = self.reference(weighting)
+        return float(100.0 * (len(ref) - np.searchsorted(ref, jeffreys, side="right")) / len(ref))
+
+
+def calibrate(model, pairs: int = 300, batch_size: int = 8, progress: bool = True, **settings) -> Calibration:
+    """Score `pairs` random pairs of everyday phrases; the reference distribution for `percentile`."""
+    import conjure
+
+    model = conjure.load_model(model)
+    s = Settings(**settings)
+    drawn = reference_pairs(pairs)
+    results = conjure.score_pairs(model, drawn, batch_size=batch_size, progress=progress, **asdict(s))
+    keep = ("timestep", "abar", "gap_a", "gap_b")
+    return Calibration(calibration_key(model, s), model.name, asdict(s), drawn,
+                       [{k: r.per_step[k] for k in keep} for r in results])
+
+
+# --- where calibrations live ------------------------------------------------------------
+
+
+def cache_folder() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "conjure" / "calibration"
+
+
+def default_path(model) -> Path:
+    """The model folder's calibration.json for a conjure pixel model; else a file in the user's cache."""
+    folder = getattr(model, "folder", None)
+    if folder is not None:
+        return Path(folder) / CALIBRATION_FILE
+    digest = model_digest(model) or hashlib.sha256(model.name.encode()).hexdigest()
+    return cache_folder() / f"{digest}.json"
+
+
+def read_file(path: Path) -> list[Calibration]:
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != FORMAT:
+            raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
+        return [Calibration(e["key"], e["model"], e["settings"], [tuple(p) for p in e["pairs"]], e["per_step"])
+                for e in data["calibrations"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConjureError(f"{path}: not a readable calibration file ({err}); delete it and run "
+                           "`python -m conjure calibrate` again") from None
+
+
+def save(calibration: Calibration, path: Path) -> Path:
+    """Add (or replace) a calibration in a file that may hold several (one per key)."""
+    entries = [c for c in (read_file(path) if path.exists() else []) if c.key != calibration.key]
+    entries.append(calibration)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"format": FORMAT, "calibrations": [asdict(c) for c in entries]}) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def find(model, settings: Settings, path: str | Path | None = None) -> Calibration | None:
+    """The calibration for this model and these settings, or None if none was made.
+
+    With an explicit `path`, a file that holds no calibration for this model and these settings is
+    an error (it would silently mix models); the default places simply may not have one yet.
+    """
+    explicit = path is not None
+    if model_digest(model) is None and not explicit:
+        return None  # a model with no torch weights to hash (an analytic test model) is never calibrated
+    key = calibration_key(model, settings)
+    places = [Path(path)] if explicit else [default_path(model)]
+    if not explicit and getattr(model, "folder", None) is not None:
+        places.append(cache_folder() / f"{model_digest(model)}.json")  # calibrated read-only folders
+    for place in places:
+        if not place.exists():
+            if explicit:
+                raise ConjureError(f"calibration file not found: {place}")
+            continue
+        entries = read_file(place)
+        for c in entries:
+            if c.key == key:
+                return c
+        if explicit:
+            have = "; ".join(f"{c.model} {c.key}" for c in entries) or "nothing"
+            raise ConjureError(f"{place} holds no calibration for {model.name} with {key} (it has: {have}); "
+                               f"run `python -m conjure calibrate` with these settings")
+    return None
