@@ -58,6 +58,7 @@ def tiny_run(tmp_path):
     torch.save({
         "images": torch.rand(6, 3, 32, 32) * 2 - 1,
         "caption_range": torch.tensor([[1 + 2 * i, 3 + 2 * i] for i in range(6)]),
+        "weights": torch.full((6,), 1 / 6, dtype=torch.float64),
         "captions": captions, "chars": list("abcdef"),
         "tokens": out.tokens.half(), "masks": out.mask.bool(), "pooled": out.pooled,
     }, tmp_path / "dataset.pt")
@@ -78,7 +79,36 @@ def test_training_checkpoints_resumes_and_exports_a_loadable_model(tiny_run):
 
     meta = json.loads((tiny_run / "model" / "conjure.json").read_text())
     assert meta["training"]["steps"] == 3 and meta["pooled_scale"] == train.POOLED_SCALE
-    assert "CC BY-SA 4.0" in (tiny_run / "model" / "README.md").read_text()
+    card = (tiny_run / "model" / "README.md").read_text()
+    assert "CC BY-SA 4.0" in card and "Twemoji" in card and "| 0–3 |" in card  # one history row: this run
+    assert meta["training"]["history"] == [{**meta["training"]["history"][0], "from_step": 0, "to_step": 3}]
+
+    # hand-written notes below the marker survive the next export
+    (tiny_run / "model" / "README.md").write_text(card + "Looked at by a person: fine.\n")
+    train.main(args + ["--steps", "4"])
+    assert (tiny_run / "model" / "README.md").read_text().endswith("Looked at by a person: fine.\n")
     model = conjure.load_model(str(tiny_run / "model"))
     assert model.pooled_scale == train.POOLED_SCALE
     assert conjure.score(model, "a tiger", "a red car", steps=2).jeffreys > 0
+
+
+def test_every_base_emoji_weighs_the_same_whatever_its_skin_tones():
+    import numpy as np
+
+    concepts = [{"base": "A", "skin_tone": None}, {"base": "B", "skin_tone": None},
+                *[{"base": "B", "skin_tone": t} for t in "12345"]]
+    concept_of = np.repeat(np.arange(len(concepts)), 3)  # three styles each
+    w = train.image_weights(concepts, concept_of)
+    assert float(w.sum()) == pytest.approx(1.0)
+    per_base = {b: float(w[[i for i, c in enumerate(concept_of) if concepts[c]["base"] == b]].sum()) for b in "AB"}
+    assert per_base["A"] == pytest.approx(per_base["B"])
+    assert float(w[3:6].sum()) == pytest.approx(per_base["B"] / 2)  # B's default form keeps half of B
+
+
+def test_captions_from_cldr_and_datasource_names():
+    from conjure import emoji_data
+
+    assert emoji_data.unified_to_char("1F385-1F3FB") == "🎅🏻"
+    assert emoji_data.datasource_names({"name": "FATHER CHRISTMAS", "short_names": ["santa", "flag-eg", "+1"]}) == [
+        "father christmas", "santa"]
+    assert emoji_data.captions_for(["owl"])[:3] == ["owl", "an owl", "an emoji of an owl"]
