@@ -78,24 +78,30 @@ def build_demo() -> gr.Blocks:
                                   interactive=False, elem_classes="pixelated", elem_id="difference")
         plot = gr.LinePlot(x="step", y="nats", color="curve", color_map=h.PLOT_COLORS, color_title="",
                            x_lim=[1, defaults["steps"]], y_lim=[0, 1],
-                           label="Divergence per step and running Jeffreys total (nats)", elem_id="plot")
+                           label="Divergence added at each step (nats)", elem_id="plot")
         result = gr.Markdown(label="Result", elem_id="result")
         with gr.Row():
             with gr.Column():
                 morph_gif = gr.Image(label="Morph: prompt 1 → prompt 2, same noise", height=300, interactive=False,
                                      elem_classes="pixelated", elem_id="morph-gif")
-                morph_download = gr.DownloadButton("Download morph GIF", visible=False, elem_id="morph-download")
+                with gr.Row():
+                    morph_download = gr.DownloadButton("Download morph GIF", visible=False, elem_id="morph-download")
+                    morph_mp4 = gr.DownloadButton("Download morph MP4", visible=False, elem_id="morph-mp4-download")
             with gr.Column():
                 trajectory_gif = gr.Image(label="Both trajectories, step by step", height=300, interactive=False,
                                           elem_id="trajectory-gif")
-                trajectory_download = gr.DownloadButton("Download trajectories GIF", visible=False,
-                                                        elem_id="trajectory-download")
+                with gr.Row():
+                    trajectory_download = gr.DownloadButton("Download trajectories GIF", visible=False,
+                                                            elem_id="trajectory-download")
+                    trajectory_mp4 = gr.DownloadButton("Download trajectories MP4", visible=False,
+                                                       elem_id="trajectory-mp4-download")
         with gr.Accordion("Result as JSON", open=False):
             details = gr.JSON(label="Result as JSON", elem_id="details")
 
         outputs = dict(image_a=image_a, image_b=image_b, difference=difference, plot=plot, status=status,
                        result=result, details=details, morph_gif=morph_gif, trajectory_gif=trajectory_gif,
-                       morph_download=morph_download, trajectory_download=trajectory_download)
+                       morph_download=morph_download, trajectory_download=trajectory_download,
+                       morph_mp4=morph_mp4, trajectory_mp4=trajectory_mp4)
         running = gr.on(
             [run.click, prompt_a.submit, prompt_b.submit], h.run_conjure,
             inputs=[prompt_a, prompt_b, model, steps, samples, guidance, seed, size, stages],

@@ -1,22 +1,29 @@
-"""Pictures of a run, drawn with Pillow: difference maps, animation frames and small looping GIFs.
+"""Pictures of a run, drawn with Pillow: difference maps, animation frames, looping GIFs and videos.
 
     difference_map(event.difference, event.image_a)            # where the two prompts' predictions differ
     frames = trajectory_frames(images_a, images_b, differences, per_step, "snow leopard", "bengal tiger")
+    durations = trajectory_durations(len(frames))               # per-frame milliseconds, end frame held
     write_gif(frames, "trajectories.gif", durations)            # palette-optimised, loops forever
+    write_video(frames, "trajectories.mp4", durations)          # H.264 (or .webm: VP9), same timing
 
 UI-free: plain numpy arrays in, PIL images and files out, so the app, notebooks and
-scripts draw the same pictures.
+scripts draw the same pictures. GIFs are written with Pillow; videos with imageio's
+ffmpeg plugin (the `imageio-ffmpeg` wheel ships its own ffmpeg binary).
 """
 
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+import os
+from fractions import Fraction
+from functools import lru_cache, reduce
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from conjure.errors import ConjureError
 
 # One colour per curve, shared with the app's live plot.
 COLOR_A = "#1c7ed6"  # along trajectory A (prompt 1): KL(A||B) per step
@@ -146,10 +153,12 @@ def curve_limit(per_step: dict) -> float:
 
 # --- animation frames -------------------------------------------------------------------
 
+MORPH_PANEL, TRAJECTORY_PANEL = 256, 160  # default side of the pictures in the frames, in pixels
+
 
 def trajectory_frames(images_a: Sequence[np.ndarray], images_b: Sequence[np.ndarray],
                       differences: Sequence[np.ndarray], per_step: dict, text_a: str, text_b: str,
-                      panel: int = 160) -> list[Image.Image]:
+                      panel: int = TRAJECTORY_PANEL) -> list[Image.Image]:
     """One frame per sampler step: trajectory A | trajectory B | difference map, the step, and the curves."""
     steps, gap, header, caption, chart = len(images_a), 8, 26, 20, 150
     width = 3 * panel + 4 * gap
@@ -176,7 +185,7 @@ def trajectory_frames(images_a: Sequence[np.ndarray], images_b: Sequence[np.ndar
 
 
 def morph_frames(images: np.ndarray, weights: Sequence[float], text_a: str, text_b: str,
-                 panel: int = 256) -> list[Image.Image]:
+                 panel: int = MORPH_PANEL) -> list[Image.Image]:
     """One frame per stage: the image, both prompts, and a bar at the stage's interpolation weight."""
     gap, caption = 8, 44
     width, height = panel + 2 * gap, panel + caption + gap
@@ -231,3 +240,146 @@ def hold_ends(n: int, frame_ms: int, hold_ms: int, hold_first: bool = True) -> l
         if hold_first and n > 1:
             durations[0] = hold_ms
     return durations
+
+
+def morph_durations(n: int) -> list[int]:
+    """The morph's timing (ms per frame): 0.3 s a stage, both prompts' own images held 1.2 s."""
+    return hold_ends(n, 300, 1200)
+
+
+def trajectory_durations(n: int) -> list[int]:
+    """The trajectories' timing (ms per frame): 0.4 s a step, the final step held 2 s."""
+    return hold_ends(n, 400, 2000, hold_first=False)
+
+
+# --- video (MP4, WebM) ----------------------------------------------------------------------
+
+
+class VideoError(ConjureError):
+    """A video could not be written: no usable ffmpeg, or ffmpeg failed."""
+
+
+# Encoder and settings per container. H.264 High in yuv420p plays everywhere (browsers, phones,
+# chat apps, slides); +faststart puts the index first so a browser starts playing at once.
+# VP9 at constant quality (-b:v 0) is a third smaller again, and two to three times slower to encode.
+VIDEO_CODECS = {
+    ".mp4": ("libx264", ["-crf", "20", "-preset", "medium", "-profile:v", "high", "-movflags", "+faststart"]),
+    ".webm": ("libvpx-vp9", ["-crf", "32", "-b:v", "0", "-deadline", "good", "-cpu-used", "4", "-row-mt", "1"]),
+}
+# sRGB frames to BT.709 limited-range YUV, tagged as such, so every player converts them back alike.
+VIDEO_COLOR = ["-vf", "scale=out_color_matrix=bt709:out_range=tv,"
+                      "setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709:range=tv"]
+ANIMATION_FORMATS = (".gif", *VIDEO_CODECS)
+
+
+def video_unavailable() -> str | None:
+    """None when MP4 and WebM can be written here; otherwise why not, in words for the user."""
+    try:
+        import imageio.v3  # noqa: F401
+        import imageio_ffmpeg
+
+        imageio_ffmpeg.get_ffmpeg_exe()
+    except Exception as err:  # not installed, no binary for this platform, a broken install
+        return f"ffmpeg is not available ({type(err).__name__}: {err}); `pip install imageio-ffmpeg` provides it"
+    return None
+
+
+def video_timing(durations: int | Sequence[int], n: int, min_fps: int = 10, max_fps: int = 60
+                 ) -> tuple[Fraction, list[int]]:
+    """A constant frame rate and how many times to repeat each frame so the video keeps the GIF's timing.
+
+    The frame period divides every duration exactly (their greatest common divisor), refined to at
+    least `min_fps` frames per second: some players and sites mishandle very low rates, and repeated
+    frames cost a few bytes. Durations with no common period of at least 1/`max_fps` s are rounded to
+    1/30 s (at least one frame each).
+    """
+    ms = [durations] * n if isinstance(durations, (int, float)) else list(durations)
+    if len(ms) != n:
+        raise ValueError(f"{len(ms)} durations for {n} frames")
+    ms = [int(round(d)) for d in ms]
+    if any(d <= 0 for d in ms):
+        raise ValueError(f"frame durations must be positive milliseconds, got {ms}")
+    period = reduce(math.gcd, ms)
+    fps = Fraction(1000, period)
+    if fps > max_fps:
+        return Fraction(30), [max(1, round(d * 30 / 1000)) for d in ms]
+    times = max(1, math.ceil(min_fps / fps))
+    return fps * times, [d // period * times for d in ms]
+
+
+def video_scale(image_side: int, panel: int) -> int:
+    """How much to enlarge the video of frames whose `panel`-px pictures show `image_side`-px images.
+
+    2 when the frames enlarged them at least twofold by nearest neighbour (pixel art: the embedded
+    model's 32 px), else 1. Enlarged twofold, every frame pixel becomes a 2x2 block, so H.264's
+    half-resolution colour (yuv420p) keeps each pixel's own colour, and players that stretch a small
+    video smoothly have less to blur. Measured in bench/bench_video.py.
+    """
+    return 2 if 2 * image_side <= panel else 1
+
+
+def even_sides(frame: np.ndarray) -> np.ndarray:
+    """Pad a frame to even width and height by repeating its last row/column (yuv420p needs even sides)."""
+    h, w = frame.shape[:2]
+    if h % 2 == 0 and w % 2 == 0:
+        return frame
+    return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+def write_video(frames: Sequence[Image.Image | np.ndarray], path: str | Path,
+                durations: int | Sequence[int] = 400, scale: int = 1, threads: int | None = None) -> Path:
+    """An MP4 (H.264) or WebM (VP9) of `frames`, by the suffix of `path`, with the same timing as `write_gif`.
+
+    Frames are RGB images of one size; `durations` are milliseconds per frame (as for GIFs), kept
+    exactly by repeating frames at a constant frame rate (`video_timing`). `scale` enlarges every
+    frame by nearest neighbour (2 for pixel art: see `video_scale`); odd sides are padded to even.
+    Videos do not loop by themselves; players and pages loop them. `threads` caps ffmpeg's threads
+    (default: its own choice). Raises VideoError when ffmpeg is missing or fails; a failed write
+    leaves no file behind.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in VIDEO_CODECS:
+        raise ConjureError(f"cannot write {path.name}: video formats are {', '.join(VIDEO_CODECS)}")
+    if not len(frames):
+        raise ValueError("a video needs at least one frame")
+    if not isinstance(scale, int) or not 1 <= scale <= 8:
+        raise ValueError(f"scale must be a whole number from 1 to 8, got {scale!r}")
+    arrays = [np.asarray(f.convert("RGB") if isinstance(f, Image.Image) else f, dtype=np.uint8) for f in frames]
+    if len({a.shape for a in arrays}) > 1 or arrays[0].ndim != 3 or arrays[0].shape[2] != 3:
+        raise ValueError(f"video frames must be RGB images of one size, got {sorted({a.shape for a in arrays})}")
+    if scale > 1:
+        arrays = [np.repeat(np.repeat(a, scale, axis=0), scale, axis=1) for a in arrays]
+    arrays = [even_sides(a) for a in arrays]
+    fps, repeats = video_timing(durations, len(arrays))
+    reason = video_unavailable()
+    if reason:
+        raise VideoError(f"cannot write {path.name}: {reason}")
+
+    import imageio.v3 as iio
+
+    codec, options = VIDEO_CODECS[suffix]
+    options = [*VIDEO_COLOR, *options, *(["-threads", str(threads)] if threads else [])]
+    partial = path.with_name(f".{path.stem}.partial{suffix}")  # renamed into place once complete
+    try:
+        iio.imwrite(partial, [a for a, r in zip(arrays, repeats) for _ in range(r)], plugin="FFMPEG", fps=fps,
+                    codec=codec, quality=None, pixelformat="yuv420p", macro_block_size=1, output_params=options,
+                    ffmpeg_log_level="error")
+        if not partial.is_file() or partial.stat().st_size == 0:  # ffmpeg quit early (its message is on stderr)
+            raise OSError("ffmpeg wrote no file")
+    except Exception as err:
+        partial.unlink(missing_ok=True)
+        raise VideoError(f"could not write {path.name}: {type(err).__name__}: {str(err).strip()[:300]}") from err
+    os.replace(partial, path)
+    return path
+
+
+def write_animation(frames: Sequence[Image.Image], path: str | Path, durations: int | Sequence[int] = 400,
+                    scale: int = 1) -> Path:
+    """`write_gif` or `write_video` (enlarged `scale` times), by the suffix of `path` (.gif, .mp4, .webm)."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".gif":
+        return write_gif(frames, path, durations)
+    if suffix in VIDEO_CODECS:
+        return write_video(frames, path, durations, scale=scale)
+    raise ConjureError(f"cannot write {Path(path).name}: animation formats are {', '.join(ANIMATION_FORMATS)}")

@@ -262,8 +262,10 @@ def text_encoder_name(model) -> str:
 # --- the Run handler --------------------------------------------------------------------------
 
 # The Run event's outputs, in order (app.py builds components in this order; API users get them so).
+# New outputs go at the end, so that API callers' indices stay valid.
 OUTPUTS = ("image_a", "image_b", "difference", "plot", "status", "result", "details",
-           "morph_gif", "trajectory_gif", "morph_download", "trajectory_download")
+           "morph_gif", "trajectory_gif", "morph_download", "trajectory_download", "morph_mp4", "trajectory_mp4")
+VIDEO_OUTPUTS = {"morph_mp4": "morph", "trajectory_mp4": "trajectories"}  # output -> animation, as MP4
 
 
 def updates(**values) -> tuple:
@@ -274,19 +276,22 @@ def updates(**values) -> tuple:
     return tuple(values[name] if name in values else gr.skip() for name in OUTPUTS)
 
 
-PLOT_CURVES = ("KL(A‖B) along A", "KL(B‖A) along B", "Jeffreys so far")
-PLOT_COLORS = dict(zip(PLOT_CURVES, (animation.COLOR_A, animation.COLOR_B, animation.COLOR_TOTAL)))
+PLOT_CURVES = ("KL(A‖B) along A", "KL(B‖A) along B")
+PLOT_COLORS = dict(zip(PLOT_CURVES, (animation.COLOR_A, animation.COLOR_B)))
 
 
 def plot_frame(per_step_ab: list[float], per_step_ba: list[float]):
-    """The live plot's data: per-step KL along each trajectory and the running Jeffreys total."""
+    """The live plot's data: the divergence each step adds along each trajectory.
+
+    The running total is in the status line, not on this axis: drawn here it would dwarf the
+    per-step terms, and where the prompts part is the shape of the per-step curves.
+    """
     import pandas as pd
 
     steps = len(per_step_ab)
-    total = np.cumsum((np.asarray(per_step_ab) + np.asarray(per_step_ba)) / 2)
     return pd.DataFrame({
-        "step": np.tile(np.arange(1, steps + 1), 3),
-        "nats": np.concatenate([per_step_ab, per_step_ba, total]),
+        "step": np.tile(np.arange(1, steps + 1), 2),
+        "nats": np.concatenate([per_step_ab, per_step_ba]),
         "curve": np.repeat(PLOT_CURVES, steps),
     })
 
@@ -302,10 +307,15 @@ def format_result(result, cosine: float, encoder: str) -> str:
     se = f" ± {number(result.stderr)}" if result.stderr is not None else ""
     k = result.settings["samples"]
     spread = f"± is the standard error over k = {k} noise draws" if k > 1 else "k = 1 noise draw: no standard error"
+    if result.percentile is not None:
+        scale = f"closer than **{result.percentile:.1f}%** of random pairs of everyday phrases"
+    else:
+        scale = "no calibration for these settings (`python -m conjure calibrate`)"
     return "\n".join([
         "| what the images say | what the words say |",
         "|---|---|",
         f"| **Jeffreys divergence {number(result.jeffreys)}{se}** nats | **cosine similarity {cosine:.3f}** |",
+        f"| {scale} | |",
         "| smaller = more alike | larger = more alike |",
         f"| KL(A‖B) along A {number(result.kl_ab)} · KL(B‖A) along B {number(result.kl_ba)} · {spread} "
         f"| {encoder} embeddings of the two prompts |",
@@ -323,7 +333,7 @@ def run_conjure(text_a: str, text_b: str, model: str = DEFAULT_MODEL, steps: int
                 samples: int = DEFAULTS["samples"], guidance: float = DEFAULTS["guidance"],
                 seed: int = DEFAULTS["seed"], size: int = DEFAULTS["size"],
                 stages: int = DEFAULTS["stages"]) -> Iterator[tuple]:
-    """The Run button and the `/conjure` API: stream both trajectories, the plot and the score; end with GIFs.
+    """The Run button and the `/conjure` API: stream both trajectories, the plot and the score; end with the files.
 
     Inputs: the two prompts, then the model (a name from the allow-list), sampler steps,
     Monte-Carlo samples k, guidance scale, seed, image size (0 = the model's default) and
@@ -345,7 +355,8 @@ def run_conjure(text_a: str, text_b: str, model: str = DEFAULT_MODEL, steps: int
 
 
 def done(result) -> str:
-    return f"**Done: Jeffreys divergence {animation.format_number(result.jeffreys)}**"
+    closer = f" (closer than {result.percentile:.0f}% of random pairs)" if result.percentile is not None else ""
+    return f"**Done: Jeffreys divergence {animation.format_number(result.jeffreys)}**{closer}"
 
 
 def _run(text_a, text_b, model_name, steps, samples, guidance, seed, size, stages) -> Iterator[tuple]:
@@ -354,7 +365,8 @@ def _run(text_a, text_b, model_name, steps, samples, guidance, seed, size, stage
     yield updates(status="Starting…" if model_name in MODELS else f"Loading **{model_name}**…", plot=None,
                   result="", details=None, morph_gif=None, trajectory_gif=None,
                   morph_download=gr.DownloadButton(value=None, visible=False),
-                  trajectory_download=gr.DownloadButton(value=None, visible=False))
+                  trajectory_download=gr.DownloadButton(value=None, visible=False),
+                  **{name: gr.DownloadButton(value=None, visible=False) for name in VIDEO_OUTPUTS})
     model = MODELS.get(model_name)  # here, in the main process, so ZeroGPU's workers inherit it loaded
     check_size(model, request["size"])
     settings = asdict(Settings(steps=steps, samples=request["samples"], guidance=request["guidance"],
@@ -400,23 +412,58 @@ def _run(text_a, text_b, model_name, steps, samples, guidance, seed, size, stage
             yield updates(status=f"{done(result)} · morphing: step {morph.step}/{morph.steps} "
                                  f"{progress_bar(morph.step, morph.steps)}")
 
+    yield updates(status=f"{done(result)} · writing the GIFs and MP4s…")
+    side = images_a[-1].shape[0]  # pixel art (the embedded model's 32 px) gets videos enlarged twofold
+    animations = {  # name -> frames, durations (ms), video scale
+        "morph": (animation.morph_frames(morph.images, morph.weights, text_a, text_b),
+                  animation.morph_durations(stages), animation.video_scale(side, animation.MORPH_PANEL)),
+        "trajectories": (animation.trajectory_frames(images_a, images_b, differences, result.per_step, text_a,
+                                                     text_b), animation.trajectory_durations(steps),
+                         animation.video_scale(side, animation.TRAJECTORY_PANEL)),
+    }
     with tempfile.TemporaryDirectory(prefix="conjure-app-") as tmp:  # removed once Gradio has copied the files
         name = Path(tmp) / f"{slug(text_a)}-vs-{slug(text_b)}"
-        morph_gif = animation.write_gif(animation.morph_frames(morph.images, morph.weights, text_a, text_b),
-                                        f"{name}-morph.gif", animation.hold_ends(stages, 300, 1200))
-        trajectory_gif = animation.write_gif(
-            animation.trajectory_frames(images_a, images_b, differences, result.per_step, text_a, text_b),
-            f"{name}-trajectories.gif", animation.hold_ends(steps, 400, 2000, hold_first=False))
+        gifs = {kind: str(animation.write_gif(frames, f"{name}-{kind}.gif", durations))
+                for kind, (frames, durations, _) in animations.items()}
+        videos, missing = write_videos(animations, name)
+        status = f"{done(result)} in {time.perf_counter() - started:.1f} s"
+        if missing:  # the GIFs are served anyway; say why a video is missing
+            what = "not every MP4 could be written" if videos else "GIFs only, no MP4"
+            gr.Warning(html.escape(f"{what}: {missing}"))
+            status += f" · {what}: {html.escape(missing)}"
         # The last update carries every output, so an API caller's final result is complete on its own.
         yield updates(
             image_a=images_a[-1], image_b=images_b[-1],
             difference=animation.difference_map(differences[-1], images_a[-1]),
             plot=gr.LinePlot(value=plot_frame(ab, ba), x_lim=[1, max(steps, 2)], y_lim=[0, y_limit]), **summary,
-            status=f"{done(result)} in {time.perf_counter() - started:.1f} s",
-            morph_gif=str(morph_gif), trajectory_gif=str(trajectory_gif),
-            morph_download=gr.DownloadButton(value=str(morph_gif), visible=True),
-            trajectory_download=gr.DownloadButton(value=str(trajectory_gif), visible=True),
+            status=status, morph_gif=gifs["morph"], trajectory_gif=gifs["trajectories"],
+            morph_download=gr.DownloadButton(value=gifs["morph"], visible=True),
+            trajectory_download=gr.DownloadButton(value=gifs["trajectories"], visible=True),
+            **{output: gr.DownloadButton(value=videos.get(output), visible=output in videos)
+               for output in VIDEO_OUTPUTS},
         )
+
+
+def write_videos(animations: dict, name: Path) -> tuple[dict[str, str], str | None]:
+    """The MP4 files of the animations (output name -> path), and why any are missing (or None).
+
+    A missing or broken ffmpeg costs the videos, never the run: the GIFs are served regardless.
+    (WebM is left to the library and the CLI: a quarter to a third smaller, but two to three times slower to
+    encode, several seconds a run on a small CPU; see bench/bench_video.py.)
+    """
+    videos = {}
+    reason = animation.video_unavailable()
+    if reason:
+        log.warning("no videos: %s", reason)
+        return videos, reason
+    for output, kind in VIDEO_OUTPUTS.items():
+        frames, durations, scale = animations[kind]
+        try:
+            videos[output] = str(animation.write_video(frames, f"{name}-{kind}.mp4", durations, scale=scale))
+        except animation.VideoError as err:
+            log.warning("no MP4 of the %s: %s", kind, err)
+            reason = str(err)
+    return videos, reason
 
 
 def on_model_change(model_name: str):

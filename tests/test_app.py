@@ -144,6 +144,16 @@ def test_run_streams_steps_in_order_then_the_result_then_gifs():
     assert "snow-leopard-vs-bengal-tiger" in Path(final[OUT["morph_gif"]]).name
     assert final[OUT["morph_download"]].value["orig_name"] == Path(final[OUT["morph_gif"]]).name
     assert final[OUT["trajectory_download"]].visible
+    import imageio.v3 as iio  # the same animations as MP4: 10 fps, ends held as in the GIFs, pixel art enlarged 2x
+
+    for name, gif, seconds in (("morph_mp4", "morph_gif", 1.2 + 0.3 + 1.2),
+                               ("trajectory_mp4", "trajectory_gif", 3 * 0.4 + 2.0)):
+        video = final[OUT[name]]
+        assert video.visible and video.value["orig_name"] == Path(final[OUT[gif]]).with_suffix(".mp4").name
+        with Image.open(final[OUT[gif]]) as g:
+            width, height = g.size
+        frames = iio.imread(video.value["path"], plugin="FFMPEG", index=None)
+        assert frames.shape == (round(10 * seconds), 2 * height, 2 * width, 3), name
     assert list(generator) == [] and not gif_dir.exists()  # temporary files are removed
 
     step_updates = [u for u in updates if isinstance(u[OUT["status"]], str) and u[OUT["status"]].startswith("**Step")]
@@ -155,7 +165,7 @@ def test_run_streams_steps_in_order_then_the_result_then_gifs():
         frame = plot.value if isinstance(plot, gr.LinePlot) else plot
         frame = frame if not isinstance(frame, dict) else None
         if frame is not None:
-            assert len(frame) == 3 * i and set(frame["curve"]) == set(h.PLOT_CURVES)
+            assert len(frame) == 2 * i and set(frame["curve"]) == set(h.PLOT_CURVES)
         for name in ("result", "details", "morph_gif", "trajectory_gif"):  # unchanged outputs are not re-sent
             assert is_skip(u[OUT[name]])
     first_plot = step_updates[0][OUT["plot"]]
@@ -184,6 +194,21 @@ def test_run_reports_bad_input_as_a_message(changes, message):
     text_a = changes.pop("text_a", "leopard")
     with pytest.raises(gr.Error, match=message):
         list(run(text_a, "tiger", **changes))
+
+
+def test_without_ffmpeg_the_run_serves_gifs_and_says_why_no_video(monkeypatch):
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # the plugin fails to load
+    final, generator = None, run(steps=2, stages=2)  # held, so its files live until the checks are done
+    for update in generator:
+        final = update
+        if isinstance(update[OUT["trajectory_gif"]], str):
+            break
+    with Image.open(final[OUT["morph_gif"]]) as gif:
+        assert gif.n_frames == 2
+    assert final[OUT["morph_download"]].visible
+    for name in h.VIDEO_OUTPUTS:
+        assert not final[OUT[name]].visible and final[OUT[name]].value is None
+    assert "GIFs only, no MP4: ffmpeg is not available" in final[OUT["status"]]
 
 
 class BrokenModel:

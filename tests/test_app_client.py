@@ -11,7 +11,7 @@ gradio_client = pytest.importorskip("gradio_client")
 pytestmark = pytest.mark.slow  # launches the app
 
 OUTPUTS = ("image_a", "image_b", "difference", "plot", "status", "result", "details",
-           "morph_gif", "trajectory_gif", "morph_download", "trajectory_download")
+           "morph_gif", "trajectory_gif", "morph_download", "trajectory_download", "morph_mp4", "trajectory_mp4")
 OUT = {name: i for i, name in enumerate(OUTPUTS)}
 
 
@@ -70,6 +70,12 @@ def test_api_streams_steps_in_order_and_ends_with_animated_gifs(client):
         with Image.open(file_path(final[OUT[name]])) as gif:
             assert gif.format == "GIF" and gif.is_animated and gif.n_frames == frames, name
             assert gif.info.get("loop") == 0
+    import imageio.v3 as iio  # and the same animations as MP4: 10 fps, the GIFs' timing
+
+    for name, seconds in (("morph_mp4", 1.2 * 2 + 0.3 * (stages - 2)), ("trajectory_mp4", 0.4 * (steps - 1) + 2.0)):
+        path = file_path(final[OUT[name]])
+        assert path.endswith(".mp4"), name
+        assert iio.imread(path, plugin="FFMPEG", index=None).shape[0] == round(10 * seconds), name
 
 
 def test_api_refuses_bad_input_and_keeps_serving(client):

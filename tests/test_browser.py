@@ -108,6 +108,15 @@ def test_type_run_watch_and_download(page, tmp_path):
         with Image.open(path) as gif:
             assert gif.format == "GIF" and gif.is_animated and gif.n_frames == frames
 
+    page.locator("#morph-mp4-download").wait_for(state="visible", timeout=60_000)
+    with page.expect_download() as info:  # the morph as a video too
+        page.locator("#morph-mp4-download").click()
+    video = tmp_path / info.value.suggested_filename
+    info.value.save_as(video)
+    import imageio.v3 as iio
+
+    assert video.name.endswith("-morph.mp4") and iio.improps(video, plugin="FFMPEG").shape[1:] == (616, 544, 3)
+
     page.wait_for_timeout(500)  # let the plot and images settle before the picture
     shot = tmp_path / "app.png"
     page.screenshot(path=str(shot), full_page=True)

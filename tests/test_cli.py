@@ -85,3 +85,42 @@ def test_api_errors_are_conjure_errors():
     with pytest.raises(conjure.ConjureError, match="must be a string"):
         conjure.score(model, None, "b")
     assert conjure.score_pairs(model, []) == []
+
+
+def test_morph_writes_gif_mp4_webm_and_the_trajectories(tiny_folder, tmp_path, capsys):
+    iio = pytest.importorskip("imageio.v3")
+    from PIL import Image
+
+    gif, mp4, trajectories = tmp_path / "m.gif", tmp_path / "m.mp4", tmp_path / "t.webm"
+    assert main(["morph", "snow leopard", "bengal tiger", "--model", tiny_folder, "--steps", "2", "--stages", "3",
+                 "--gif", str(gif), "--mp4", str(mp4), "--trajectories", str(trajectories), "--panel", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "Jeffreys divergence" in out and f"wrote {mp4} (morph, 3 frames, 2.7 s" in out
+    with Image.open(gif) as g:
+        assert g.n_frames == 3 and g.size == (80, 116)  # a 64 px panel, 8 px margins, 44 px caption
+    # 1.2 + 0.3 + 1.2 s at 10 fps; the tiny model's 32 px pictures are pixel art, so the video is enlarged 2x
+    assert iio.imread(mp4, plugin="FFMPEG", index=None).shape == (27, 232, 160, 3)
+    assert iio.immeta(trajectories, plugin="FFMPEG")["duration"] == pytest.approx(0.4 + 2.0)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mp4", "out.gif"], "--mp4 needs a file name ending in .mp4"),
+    (["--trajectories", "t.png"], "the file name must end in .gif, .mp4, .webm"),
+    ([], "nothing to write"),
+    (["--gif", "/no/such/folder/m.gif"], "no folder /no/such/folder"),
+    (["--gif", "m.gif", "--stages", "1"], "at least 2 stages"),
+    (["--mp4", "m.mp4", "--video-scale", "0"], "--video-scale must be from 1 to 8"),
+])
+def test_morph_bad_input_gets_a_clear_message(args, message, capsys):
+    assert main(["morph", "a", "b", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_morph_without_ffmpeg_says_so_before_any_model_work(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # the plugin fails to load
+    monkeypatch.setattr(conjure, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    assert main(["morph", "a", "b", "--gif", str(tmp_path / "m.gif"), "--mp4", str(tmp_path / "m.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {tmp_path / 'm.mp4'}: ffmpeg is not available" in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
