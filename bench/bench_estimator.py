@@ -23,7 +23,8 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "tests")]
 
 import conjure  # noqa: E402
-from conjure.jeffreys import ddim_sigma, guided, kl_weight, sampler_timesteps, step_mean  # noqa: E402
+from conjure.jeffreys import kl_weight  # noqa: E402
+from conjure.sampler import ddim_sigma, guided, sampler_timesteps, step_mean  # noqa: E402
 
 PAIRS = [("snow leopard", "bengal tiger"), ("a red apple", "a green pear"), ("a bicycle", "a motorbike"),
          ("a cup of tea", "a cup of coffee"), ("a dog", "a cat"), ("the sun", "the moon"), ("a house", "a castle"),

@@ -2,7 +2,7 @@
 
     python bench/bench_train.py [--batch-size 64] [--steps 6] [--threads 2] [--compile]
 
-One step is `conjure.train.training_step`, as training runs it per batch: UNet forward, weighted
+One step is `training.train.training_step`, as training runs it per batch: UNet forward, weighted
 epsilon MSE, backward, gradient clipping, AdamW. Each setting runs in its own process (so its peak RSS is its own), on random
 inputs of the training shapes; the first two steps are warm-up and the median of the rest is
 reported. The reference row is the setting the shipped model trained with up to step 3,591:
@@ -40,7 +40,7 @@ def one_setting(heads: int, bf16: bool, channels_last: bool, compile_: bool, bat
 
     import torch
 
-    from conjure.train import CAPTION_TOKENS, loss_weights, make_scheduler, make_unet, training_step
+    from training.train import CAPTION_TOKENS, loss_weights, make_scheduler, make_unet, training_step
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

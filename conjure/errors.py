@@ -7,3 +7,7 @@ class ConjureError(ValueError):
 
 class ModelLoadError(ConjureError):
     """A model could not be found or loaded."""
+
+
+class PromptTruncatedWarning(UserWarning):
+    """A prompt was longer than the text encoder accepts and was cut."""

@@ -51,6 +51,7 @@ import torch
 
 from conjure.errors import ConjureError
 from conjure.models.base import Conditioning
+from conjure.sampler import advance, common_noise, ddim_sigma, guided, schedule
 
 WEIGHTINGS = ("girsanov", "exact", "girsanov-left", "uniform")
 
@@ -66,21 +67,7 @@ class Settings:
     weighting: str = "girsanov"  # how the per-step gaps are weighted: see WEIGHTINGS and the module docstring
 
 
-# --- the sampler, in equations ------------------------------------------------------
-
-
-def ddim_sigma(abar_t: float, abar_s: float, eta: float) -> float:
-    """Std of the step t -> s: eta * sqrt((1 - abar_s) / (1 - abar_t) * (1 - abar_t / abar_s))."""
-    return eta * math.sqrt((1 - abar_s) / (1 - abar_t) * (1 - abar_t / abar_s))
-
-
-def predicted_x0(x: torch.Tensor, eps: torch.Tensor, abar_t: float) -> torch.Tensor:
-    return (x - math.sqrt(1 - abar_t) * eps) / math.sqrt(abar_t)
-
-
-def step_mean(x: torch.Tensor, eps: torch.Tensor, abar_t: float, abar_s: float, sigma: float) -> torch.Tensor:
-    """mu = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps."""
-    return math.sqrt(abar_s) * predicted_x0(x, eps, abar_t) + math.sqrt(max(1 - abar_s - sigma**2, 0.0)) * eps
+# --- the weights of the per-step gaps (the sampler itself is conjure.sampler) -------------
 
 
 def kl_weight(abar_t: float, abar_s: float, eta: float) -> float:
@@ -119,20 +106,6 @@ def step_weights(abars: Sequence[float], eta: float, weighting: str) -> list[flo
     if weighting == "girsanov":  # trapezoid rule on [lambda_0, lambda_{T-1}]
         return [c / 4 * (lam[min(i + 1, T - 1)] - lam[max(i - 1, 0)]) for i in range(T)]
     raise ConjureError(f"unknown weighting {weighting!r}; use one of {', '.join(WEIGHTINGS)}")
-
-
-def guided(eps_cond: torch.Tensor, eps_null: torch.Tensor | None, scale: float) -> torch.Tensor:
-    """Classifier-free guidance: eps_null + scale * (eps_cond - eps_null)."""
-    return eps_cond if eps_null is None else eps_null + scale * (eps_cond - eps_null)
-
-
-def sampler_timesteps(model, steps: int) -> list[int]:
-    """The timesteps the model's own scheduler config visits for `steps` steps (its spacing and offset)."""
-    from diffusers import DDPMScheduler
-
-    scheduler = DDPMScheduler.from_config(model.scheduler_config)
-    scheduler.set_timesteps(steps)
-    return [int(t) for t in scheduler.timesteps]
 
 
 # --- results ------------------------------------------------------------------------
@@ -278,27 +251,15 @@ def jeffreys_steps(model, pairs: Sequence[tuple[str, str]], settings: Settings =
 
     # Common random numbers: x_T and every step's noise depend on the seed only.
     shape = model.latent_shape(size)
-    generator = torch.Generator().manual_seed(settings.seed)
-    x_T = torch.randn((k, *shape), generator=generator)
-    noises = torch.randn((settings.steps, k, *shape), generator=generator)
+    steps = schedule(model, settings.steps, settings.eta)
+    x_T, noises = common_noise(shape, k, len(steps), settings.seed)
     P, device = len(pairs), model.device
     x = x_T.to(device).expand(P, 2, *x_T.shape).clone()  # (P, 2, k, C, H, W)
+    weights = step_weights([step.abar_t for step in steps], settings.eta, settings.weighting)
 
-    timesteps = sampler_timesteps(model, settings.steps)
-    abar = model.alphas_cumprod.tolist()
-    weights = step_weights([abar[t] for t in timesteps], settings.eta, settings.weighting) if abar[timesteps[0]] > 0 else None
-    if abar[timesteps[0]] <= 0:
-        raise ConjureError(
-            f"the model's schedule has zero signal at t={timesteps[0]} (a zero-terminal-SNR schedule with trailing "
-            "spacing): an epsilon step from pure noise has no finite KL; use timestep_spacing='leading'"
-        )
-    for i, t in enumerate(timesteps):
-        abar_t = abar[t]
-        abar_s = abar[timesteps[i + 1]] if i + 1 < len(timesteps) else 1.0  # the last step outputs x0
-        sigma = ddim_sigma(abar_t, abar_s, settings.eta)
-
+    for i, step in enumerate(steps):
         states = x.reshape(P * 2, k, *shape)[state_index].reshape(-1, *shape)
-        t_batch = torch.full((len(states),), t, dtype=torch.long, device=device)
+        t_batch = torch.full((len(states),), step.timestep, dtype=torch.long, device=device)
         out = model.predict_noise(states, t_batch, row_cond).float().reshape(len(plan), k, *shape)
         eps = torch.empty((P, 2, 3, k, *shape), device=out.device)
         for r, (p, traj, slot, _) in enumerate(plan):
@@ -317,9 +278,8 @@ def jeffreys_steps(model, pairs: Sequence[tuple[str, str]], settings: Settings =
 
         # A follows prompt a, B follows prompt b; both use the same noise.
         own = torch.stack([eps_a[:, 0], eps_b[:, 1]], dim=1)
-        x0 = predicted_x0(x, own, abar_t)
-        x = step_mean(x, own, abar_t, abar_s, sigma) + sigma * noises[i].to(device)
-        yield BatchStep(i, t, abar_t, weights[i], gap_sq, kl[:, 0], kl[:, 1], x0, gap, truncated)
+        x0, x = advance(x, own, step, noises[i])
+        yield BatchStep(i, step.timestep, step.abar_t, weights[i], gap_sq, kl[:, 0], kl[:, 1], x0, gap, truncated)
 
 
 def summarize(pairs, steps: list[BatchStep], seconds, settings, model, truncated) -> list[JeffreysResult]:

@@ -13,11 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
+from conjure.errors import PromptTruncatedWarning
+
 EMBED_DIM = 384
-
-
-class PromptTruncatedWarning(UserWarning):
-    """A prompt was longer than the text encoder accepts and was cut."""
 
 
 def minilm_path() -> str:

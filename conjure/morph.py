@@ -5,10 +5,10 @@
     result.weights, result.images            # (N,), (N, H, W, 3) uint8
 
 Stage i is conditioned on (1 - w_i) * encode(a) + w_i * encode(b), w = 0 .. 1. Every
-stage starts from the same x_T and draws the same step noise as the estimator
-(`conjure.jeffreys.jeffreys_steps`, noise sample 0), so the first stage is the image
-that trajectory A ends in and the last is trajectory B's: the morph walks between the
-two images the divergence was measured on. All stages go through one model call per step.
+stage walks the estimator's own sampler (`conjure.sampler`: the same schedule, x_T and
+step noise, sample 0), so the first stage is the image that trajectory A ends in and the
+last is trajectory B's: the morph walks between the two images the divergence was
+measured on. All stages go through one model call per step.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ import numpy as np
 import torch
 
 from conjure.errors import ConjureError
-from conjure.jeffreys import (
-    Settings, check_prompt, check_settings, ddim_sigma, guided, predicted_x0, sampler_timesteps, step_mean,
-)
+from conjure.jeffreys import Settings, check_prompt, check_settings
 from conjure.models.base import Conditioning
+from conjure.sampler import advance, common_noise, guided, schedule
 
 
 @dataclass
@@ -71,29 +70,21 @@ def morph_steps(model, text_a: str, text_b: str, stages: int = 8,
     if use_null:  # conditioned rows first, then the null prompt once per stage
         cond = Conditioning.cat([cond, model.encode_null().take([0] * stages)])
 
-    # The estimator's noise: x_T and then every step's noise for k samples, from one generator.
-    # Drawing the same tensors and keeping sample 0 makes the end stages trajectories A and B.
-    shape, k = model.latent_shape(size), settings.samples
-    generator = torch.Generator().manual_seed(settings.seed)
-    x_T = torch.randn((k, *shape), generator=generator)[0]
-    noises = torch.randn((settings.steps, k, *shape), generator=generator)[:, 0]
+    # The estimator's noise for k samples, of which the morph keeps sample 0: the end stages are A and B.
+    shape = model.latent_shape(size)
+    steps = schedule(model, settings.steps, settings.eta)
+    x_T, noises = common_noise(shape, settings.samples, len(steps), settings.seed)
     device = model.device
-    x = x_T.to(device).expand(stages, *shape).clone()
+    x = x_T[0].to(device).expand(stages, *shape).clone()
 
-    timesteps = sampler_timesteps(model, settings.steps)
-    abar = model.alphas_cumprod.tolist()
-    for i, t in enumerate(timesteps):
-        abar_t = abar[t]
-        abar_s = abar[timesteps[i + 1]] if i + 1 < len(timesteps) else 1.0
-        sigma = ddim_sigma(abar_t, abar_s, settings.eta)
+    for step in steps:
         states = torch.cat([x, x]) if use_null else x
-        t_batch = torch.full((len(states),), t, dtype=torch.long, device=device)
+        t_batch = torch.full((len(states),), step.timestep, dtype=torch.long, device=device)
         out = model.predict_noise(states, t_batch, cond).float()
         eps = guided(out[:stages], out[stages:] if use_null else None, settings.guidance)
-        x0 = predicted_x0(x, eps, abar_t)
-        x = step_mean(x, eps, abar_t, abar_s, sigma) + sigma * noises[i].to(device)
-        last = i == len(timesteps) - 1
-        yield MorphStep(i + 1, settings.steps, weights, model.decode(x0) if last else None)
+        x0, x = advance(x, eps, step, noises[step.index, 0])
+        last = step.index == len(steps) - 1
+        yield MorphStep(step.index + 1, settings.steps, weights, model.decode(x0) if last else None)
 
 
 def morph(model, text_a: str, text_b: str, stages: int = 8, **settings) -> MorphStep:

@@ -18,6 +18,7 @@ from conjure.models.base import Conditioning, to_uint8
 
 class GaussianModel:
     name = "gaussian"
+    text_encoder_name = "the class means"
     device = torch.device("cpu")
     dtype = torch.float32
     default_size = 4

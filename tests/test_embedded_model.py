@@ -6,7 +6,7 @@ import warnings
 import pytest
 
 import conjure
-from conjure.emoji_eval import RECOGNITION, TRIPLETS, evaluate_recognition, evaluate_triplets
+from training.emoji_eval import RECOGNITION, TRIPLETS, evaluate_recognition, evaluate_triplets
 from conjure.models import EMBEDDED_MODEL
 
 

@@ -8,7 +8,8 @@ import torch
 import conjure
 import json
 
-from conjure.jeffreys import WEIGHTINGS, ddim_sigma, kl_weight, reweight, sampler_timesteps, step_mean, step_weights
+from conjure.jeffreys import WEIGHTINGS, kl_weight, reweight, step_weights
+from conjure.sampler import ddim_sigma, sampler_timesteps, step_mean
 from gaussian_model import GaussianModel, random_means
 
 

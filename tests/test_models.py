@@ -109,3 +109,12 @@ def test_local_folder_loads_through_from_pretrained(tmp_path):
     assert isinstance(model, StableDiffusionModel)
     reference = conjure.score(conjure.load_model(pipe), "a", "b", steps=2)
     assert conjure.score(model, "a", "b", steps=2).jeffreys == pytest.approx(reference.jeffreys, rel=1e-5)
+
+
+def test_every_adapter_implements_the_written_interface(tiny_sd1):
+    from conjure.models.base import DiffusionModel
+    from gaussian_model import GaussianModel, random_means
+
+    for model in (tiny_sd1, conjure.load_model("emoji"), GaussianModel(random_means(["a"]))):
+        assert isinstance(model, DiffusionModel), type(model).__name__
+        assert model.text_encoder_name

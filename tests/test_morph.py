@@ -78,3 +78,18 @@ def test_morph_ends_match_the_trajectories_on_stable_diffusion(build):
     assert result.images.shape == (3, *last.result.images[0].shape)
     np.testing.assert_allclose(result.images[0], last.result.images[0], atol=1)
     np.testing.assert_allclose(result.images[-1], last.result.images[1], atol=1)
+
+
+def test_morph_and_estimator_share_the_zero_terminal_snr_guard():
+    """One sampler: the guard the estimator has, the morph has too (it once lacked it)."""
+    from conjure.morph import morph
+    from gaussian_model import GaussianModel, random_means
+
+    model = GaussianModel(random_means(["cat", "dog"]))
+    from diffusers import DDPMScheduler
+
+    zero_snr = DDPMScheduler(beta_schedule="linear", rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    model.scheduler_config, model.alphas_cumprod = dict(zero_snr.config), zero_snr.alphas_cumprod.double()
+    for run in (lambda: conjure.score(model, "cat", "dog"), lambda: morph(model, "cat", "dog", stages=2)):
+        with pytest.raises(conjure.ConjureError, match="zero signal"):
+            run()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import conjure
-from conjure import train
+from training import train
 
 
 def test_loss_weights_move_the_effort_to_the_noisy_steps():
@@ -106,7 +106,7 @@ def test_every_base_emoji_weighs_the_same_whatever_its_skin_tones():
 
 
 def test_captions_from_cldr_and_datasource_names():
-    from conjure import emoji_data
+    from training import emoji_data
 
     assert emoji_data.unified_to_char("1F385-1F3FB") == "🎅🏻"
     assert emoji_data.datasource_names({"name": "FATHER CHRISTMAS", "short_names": ["santa", "flag-eg", "+1"]}) == [

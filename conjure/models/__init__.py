@@ -1,25 +1,49 @@
-"""Loading models: the embedded default, local folders, Hugging Face hub ids, or pipeline objects."""
+"""Loading models: the embedded default, local folders, Hugging Face hub ids, or pipeline objects.
+
+`BUILTIN_MODELS` is the one table of model aliases; the CLI, the app's allow-list and the API read it.
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import torch
 
 from conjure.errors import ConjureError, ModelLoadError
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
+
+def assets_folder() -> Path:
+    """The embedded model's folder: packaged as `conjure/assets` in a wheel, `assets/` beside a checkout."""
+    packaged = resources.files("conjure") / "assets"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parents[2] / "assets"
+
+
+ASSETS = assets_folder()
 EMBEDDED_MODEL = ASSETS / "emoji-32"
 
-# Short names accepted anywhere a model is named (CLI, app, API).
-MODEL_ALIASES = {
-    "emoji": str(EMBEDDED_MODEL),
-    "sd-v1-4": "CompVis/stable-diffusion-v1-4",
-    "sd-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "sd-2-1": "stabilityai/stable-diffusion-2-1",
-    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    source: str  # a Hugging Face hub id, or the embedded model's folder
+    label: str  # how the app names it
+    sizes: tuple[int, ...]  # image sides the app offers besides the model's default
+
+
+BUILTIN_MODELS = {
+    "emoji": BuiltinModel(str(EMBEDDED_MODEL), "Embedded emoji model (32 px, CPU)", (32, 48, 64)),
+    "sd-v1-4": BuiltinModel("CompVis/stable-diffusion-v1-4", "Stable Diffusion v1.4", (256, 384, 512, 640, 768)),
+    "sd-v1-5": BuiltinModel("stable-diffusion-v1-5/stable-diffusion-v1-5", "Stable Diffusion v1.5",
+                            (256, 384, 512, 640, 768)),
+    "sd-2-1": BuiltinModel("stabilityai/stable-diffusion-2-1", "Stable Diffusion 2.1", (512, 768, 1024)),
+    "sdxl": BuiltinModel("stabilityai/stable-diffusion-xl-base-1.0", "Stable Diffusion XL base 1.0", (512, 768, 1024)),
 }
+# Short names accepted anywhere a model is named (CLI, app, API).
+MODEL_ALIASES = {alias: model.source for alias, model in BUILTIN_MODELS.items()}
 
 
 def default_model() -> str:
@@ -90,7 +114,7 @@ def load_model(model=None, device: str | None = None, dtype: str | torch.dtype |
 
         return PixelModel.from_folder(path, device=dev, dtype=torch_dtype)
     if model == "emoji" or path == EMBEDDED_MODEL:
-        raise ModelLoadError(f"the embedded model is missing from {EMBEDDED_MODEL}; train it with `python -m conjure.train`")
+        raise ModelLoadError(f"the embedded model is missing from {EMBEDDED_MODEL}; train it with `python -m training.train`")
     return wrap_pipeline(_from_pretrained(name, torch_dtype).to(dev), model)
 
 

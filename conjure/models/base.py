@@ -1,24 +1,15 @@
-"""The model interface the estimator needs ("bring your own model").
+"""The model interface the estimator needs ("bring your own model"): `DiffusionModel`.
 
-A model is anything with these attributes and methods. The estimator never
-touches a diffusers object directly, so a new model family is one small adapter:
-
-    encode(prompts)            -> Conditioning: one row per prompt, encoded once
-    predict_noise(x, t, cond)  -> epsilon-prediction at states x, timesteps t
-    alphas_cumprod             -> the training noise schedule, abar_t for t = 0..N-1
-    timesteps(steps)           -> the sampler's timesteps, high to low
-    latent_shape(size)         -> (C, H, W) of the state for an image of size x size pixels
-    preview(x0)                -> cheap uint8 RGB images of predicted clean states (for streaming)
-    decode(x0)                 -> full-quality uint8 RGB images
-    text_similarity(a, b)      -> cosine similarity of the model's own text embeddings (a baseline)
-
-Models that predict v or x0 convert to epsilon inside `predict_noise`, so the
-estimator's math is written once, in epsilon.
+A model is any object with the attributes and methods of the `DiffusionModel` protocol below.
+The estimator, the sampler, the app and the STS harness use nothing else, so a new model family
+is one small adapter (`pixel.py`, `stable_diffusion.py`). Models that predict v or x0 convert to
+epsilon inside `predict_noise`, so the estimator's math is written once, in epsilon.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -44,6 +35,41 @@ class Conditioning:
         return Conditioning(
             {k: torch.cat([p.tensors[k] for p in parts]) for k in keys}, [t for p in parts for t in p.truncated]
         )
+
+
+@runtime_checkable
+class DiffusionModel(Protocol):
+    """What conjure reads of a model. Tensors are (batch, C, H, W) states in the model's own space."""
+
+    name: str  # shown in results and tables
+    device: torch.device
+    dtype: torch.dtype
+    default_size: int  # image side in pixels when none is asked for
+    size_multiple: int  # image sides must be multiples of this
+    scheduler_config: dict  # a diffusers scheduler config: the sampler's timestep spacing and offset
+    alphas_cumprod: torch.Tensor  # the training schedule, abar_t for t = 0..N-1 (float64, CPU)
+    text_encoder_name: str  # whose embedding `text_embedding` returns, for the "what the words say" baseline
+
+    def encode(self, prompts: list[str]) -> "Conditioning":
+        """One conditioning row per prompt; `truncated` says which prompts the text encoder cut."""
+
+    def encode_null(self) -> "Conditioning":
+        """The unconditional prompt's row, for classifier-free guidance."""
+
+    def predict_noise(self, x: torch.Tensor, t: torch.Tensor, cond: "Conditioning") -> torch.Tensor:
+        """epsilon at states x (B, C, H, W) and integer timesteps t (B,), one conditioning row per state."""
+
+    def latent_shape(self, size: int) -> tuple[int, int, int]:
+        """(C, H, W) of the state for a size x size image; ValueError with a message for an unusable size."""
+
+    def preview(self, x0: torch.Tensor) -> np.ndarray:
+        """Cheap uint8 RGB images (B, H, W, 3) of predicted clean states, for streaming."""
+
+    def decode(self, x0: torch.Tensor) -> np.ndarray:
+        """Full-quality uint8 RGB images (B, H, W, 3) of clean states."""
+
+    def text_embedding(self, prompts: list[str]) -> torch.Tensor:
+        """One embedding per prompt from the model's own text encoder (for the cosine baseline)."""
 
 
 def epsilon_from_v(x: torch.Tensor, v: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:

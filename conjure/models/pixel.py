@@ -20,6 +20,8 @@ from conjure.models.base import Conditioning, to_epsilon, to_uint8
 
 
 class PixelModel:
+    text_encoder_name = "MiniLM (all-MiniLM-L6-v2)"  # whose cosine `text_embedding` gives (the baseline)
+
     def __init__(self, unet, scheduler, text_encoder: MiniLM, null_prompt: str = "", name: str = "pixel",
                  pooled_scale: float = 1.0):
         self.unet = unet.eval()

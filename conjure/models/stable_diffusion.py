@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import torch
 
-from conjure.minilm import PromptTruncatedWarning
+from conjure.errors import PromptTruncatedWarning
 from conjure.models.base import Conditioning, to_epsilon, to_uint8
 
 # Linear latent -> RGB approximations (as used by common SD UIs for live previews).
@@ -42,6 +42,8 @@ def warn_if_truncated(tokenizer, prompts: list[str]) -> list[bool]:
 
 class StableDiffusionModel:
     """StableDiffusionPipeline (1.x, 2.x): latent diffusion conditioned on CLIP token states."""
+
+    text_encoder_name = "CLIP text encoder"  # whose cosine `text_embedding` gives (the baseline)
 
     latent_rgb = SD_LATENT_RGB
     latent_rgb_bias = torch.zeros(3)
@@ -116,6 +118,7 @@ class StableDiffusionXLModel(StableDiffusionModel):
 
     latent_rgb = SDXL_LATENT_RGB
     latent_rgb_bias = SDXL_LATENT_RGB_BIAS
+    text_encoder_name = "CLIP ViT-bigG text encoder"
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> Conditioning:

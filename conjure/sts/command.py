@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from conjure.cli import add_estimator_options, add_model_options, settings_from
+from conjure.options import add_estimator_options, add_model_options, settings_from
 from conjure.errors import ConjureError
 from conjure.sts.data import DATASETS, add_full_stops, load_dataset, parse_dataset_names, subsample
 from conjure.sts.methods import BASELINES, METHODS, parse_method_names

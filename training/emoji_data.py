@@ -1,6 +1,6 @@
 """The training set of the embedded model: emoji in three styles, with natural captions.
 
-    python -m conjure.emoji_data --out runs/emoji-data          # needs npm, at training time only
+    python -m training.emoji_data --out runs/emoji-data          # needs npm, at training time only
 
 Three styles of the same Unicode emoji, joined on the code point:
 

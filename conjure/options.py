@@ -1,0 +1,35 @@
+"""The command-line options shared by every command that runs the estimator (score, sts, calibrate, ...)."""
+
+from __future__ import annotations
+
+import argparse
+
+from conjure.jeffreys import WEIGHTINGS, Settings
+from conjure.models import MODEL_ALIASES
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help=f"alias ({', '.join(MODEL_ALIASES)}), local folder or hub id; "
+                        "default: $CONJURE_MODEL or the embedded emoji model")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps; default: the best available")
+    p.add_argument("--dtype", default=None, choices=["auto", "float32", "float16", "bfloat16"],
+                   help="default: float16 on a GPU, float32 on a CPU")
+
+
+def add_estimator_options(p: argparse.ArgumentParser) -> None:
+    d = Settings()
+    p.add_argument("--steps", type=int, default=d.steps, help=f"sampler steps (default {d.steps}, as in the paper)")
+    p.add_argument("--samples", "-k", type=int, default=d.samples, help="Monte-Carlo noise samples per pair")
+    p.add_argument("--guidance", type=float, default=d.guidance, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's)")
+    p.add_argument("--eta", type=float, default=d.eta, help="DDIM eta of the stochastic sampler (1 = DDPM; 0 is refused)")
+    p.add_argument("--weighting", default=d.weighting, choices=WEIGHTINGS,
+                   help="girsanov: the continuous-time divergence (trapezoid in log SNR; default); exact: the KL "
+                        "between the two discrete chains; girsanov-left: left-point rule; uniform: unweighted (ablation)")
+
+
+def settings_from(args) -> Settings:
+    return Settings(steps=args.steps, samples=args.samples, guidance=args.guidance, seed=args.seed, size=args.size,
+                    eta=args.eta, weighting=args.weighting)

