@@ -3,10 +3,12 @@
     python app.py    # serves on $GRADIO_SERVER_NAME:$GRADIO_SERVER_PORT (default 127.0.0.1:7860)
 
 The page is laid out here; the handlers, limits and model cache are in
-`conjure/app_handlers.py`. The Run event is the public API endpoint `/conjure`:
+`conjure/app_handlers.py`. The Run event is the public API endpoint `/conjure`; the second tab's
+("Compare many") is `/matrix`:
 
     from gradio_client import Client
     job = Client("http://127.0.0.1:7860/").submit("snow leopard", "bengal tiger", api_name="/conjure")
+    job = Client("http://127.0.0.1:7860/").submit("leopard\ncheetah\nzebra", api_name="/matrix")
 """
 
 try:  # ZeroGPU Spaces: `spaces` must be imported before torch
@@ -36,80 +38,145 @@ predictions disagree along the way, the less alike the phrases. Smaller means mo
 """
 
 
+MATRIX_INTRO = """
+Type a few phrases, one per line. Every pair is scored once, as above, and the page shows the whole matrix,
+a **map of meanings** (each phrase's own image, placed so that phrases the model treats alike sit close
+together), each phrase's nearest neighbour, and the same matrix from the text encoder alone for comparison.
+"""
+
+
+def build_matrix_tab(limits, defaults, models, default_model) -> None:
+    """The "Compare many" tab: phrases in, the Jeffreys matrix, the map and the neighbours out (`/matrix`)."""
+    gr.Markdown(MATRIX_INTRO)
+    phrases = gr.Textbox(label=f"Phrases, one per line (up to {limits.max_phrases})", lines=6,
+                         max_lines=limits.max_phrases + 4, placeholder=h.MATRIX_EXAMPLE,
+                         max_length=2 * limits.max_phrases * (limits.max_prompt_chars + 1), elem_id="matrix-phrases")
+    with gr.Row():
+        run = gr.Button("Run", variant="primary", elem_id="matrix-run")
+        stop = gr.Button("Stop", variant="stop", elem_id="matrix-stop")
+    gr.Examples([[h.MATRIX_EXAMPLE], ["a red apple\na green apple\na banana\na car\na bus\na bicycle"]],
+                inputs=[phrases], label="Try a set")
+    with gr.Accordion("Settings", open=False, elem_id="matrix-settings"):
+        model = gr.Dropdown([(label, name) for name, label in models.items()], value=default_model, label="Model",
+                            elem_id="matrix-model")
+        with gr.Row():
+            steps = gr.Slider(1, limits.max_steps, value=defaults["steps"], step=1, label="Sampler steps",
+                              elem_id="matrix-steps")
+            samples = gr.Slider(1, limits.max_samples, value=defaults["samples"], step=1,
+                                label="Monte-Carlo samples k (noise draws averaged)", elem_id="matrix-samples")
+            guidance = gr.Slider(1, h.MAX_GUIDANCE, value=defaults["guidance"], step=0.5,
+                                 label="Guidance scale (1 = none)", elem_id="matrix-guidance")
+        with gr.Row():
+            seed = gr.Number(defaults["seed"], label="Seed", precision=0, minimum=0, maximum=2**31 - 1,
+                             elem_id="matrix-seed")
+            size = gr.Dropdown(h.size_choices(default_model), value=defaults["size"], label="Image size",
+                               allow_custom_value=True, elem_id="matrix-size")
+
+    status = gr.Markdown("Type some phrases, one per line, and press **Run**.", elem_id="matrix-status")
+    with gr.Row(equal_height=True):
+        heatmap = gr.Image(label="What the images say: Jeffreys divergence (darker = more alike)", format="png",
+                           interactive=False, elem_id="matrix-heatmap")
+        text_heatmap = gr.Image(label="What the words say: text-encoder cosine (darker = more alike)", format="png",
+                                interactive=False, elem_id="matrix-text-heatmap")
+    with gr.Row():
+        meaning_map = gr.Image(label="A map of meanings", format="png", interactive=False, elem_id="matrix-map")
+        neighbours = gr.Markdown(elem_id="matrix-neighbours")
+    with gr.Row():
+        csv = gr.DownloadButton("Download the matrix (CSV)", visible=False, elem_id="matrix-csv")
+        heatmap_png = gr.DownloadButton("Download the heatmap (PNG)", visible=False, elem_id="matrix-heatmap-png")
+        map_png = gr.DownloadButton("Download the map (PNG)", visible=False, elem_id="matrix-map-png")
+    with gr.Accordion("Matrix as JSON", open=False):
+        details = gr.JSON(label="Matrix as JSON", elem_id="matrix-details")
+
+    outputs = dict(matrix_status=status, matrix_heatmap=heatmap, matrix_text_heatmap=text_heatmap,
+                   matrix_map=meaning_map, matrix_neighbours=neighbours, matrix_details=details, matrix_csv=csv,
+                   matrix_heatmap_png=heatmap_png, matrix_map_png=map_png)
+    running = run.click(h.run_matrix, inputs=[phrases, model, steps, samples, guidance, seed, size],
+                        outputs=[outputs[name] for name in h.MATRIX_OUTPUTS], api_name="matrix",
+                        preprocess=False,  # raw values: the handler checks them and says what is wrong
+                        show_progress="minimal")
+    stop.click(None, cancels=[running], api_visibility="private")
+    model.change(h.on_model_change, model, size, api_visibility="private", queue=False, preprocess=False)
+
+
 def build_demo() -> gr.Blocks:
     limits, defaults, models = h.LIMITS, h.DEFAULTS, h.allowed_models()
     default_model = h.default_model()
     with gr.Blocks(title="conjure", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
         gr.Markdown(INTRO)
-        with gr.Row():
-            prompt_a = gr.Textbox(label="Prompt 1 (trajectory A)", placeholder="snow leopard",
-                                  max_length=limits.max_prompt_chars, elem_id="prompt-a")
-            prompt_b = gr.Textbox(label="Prompt 2 (trajectory B)", placeholder="bengal tiger",
-                                  max_length=limits.max_prompt_chars, elem_id="prompt-b")
-        with gr.Row():
-            run = gr.Button("Run", variant="primary", elem_id="run")
-            stop = gr.Button("Stop", variant="stop", elem_id="stop")
-        gr.Examples(h.EXAMPLES, inputs=[prompt_a, prompt_b], label="Try a pair")
-        with gr.Accordion("Advanced", open=False, elem_id="advanced"):
-            model = gr.Dropdown([(label, name) for name, label in models.items()], value=default_model,
-                                label="Model", elem_id="model")
+        with gr.Tab("Compare two", elem_id="tab-two"):
             with gr.Row():
-                steps = gr.Slider(1, limits.max_steps, value=defaults["steps"], step=1, label="Sampler steps",
-                                  elem_id="steps")
-                samples = gr.Slider(1, limits.max_samples, value=defaults["samples"], step=1,
-                                    label="Monte-Carlo samples k (noise draws averaged)", elem_id="samples")
-                guidance = gr.Slider(1, h.MAX_GUIDANCE, value=defaults["guidance"], step=0.5,
-                                     label="Guidance scale (1 = none)", elem_id="guidance")
+                prompt_a = gr.Textbox(label="Prompt 1 (trajectory A)", placeholder="snow leopard",
+                                      max_length=limits.max_prompt_chars, elem_id="prompt-a")
+                prompt_b = gr.Textbox(label="Prompt 2 (trajectory B)", placeholder="bengal tiger",
+                                      max_length=limits.max_prompt_chars, elem_id="prompt-b")
             with gr.Row():
-                seed = gr.Number(defaults["seed"], label="Seed", precision=0, minimum=0, maximum=2**31 - 1,
-                                 elem_id="seed")
-                size = gr.Dropdown(h.size_choices(default_model), value=defaults["size"], label="Image size",
-                                   allow_custom_value=True, elem_id="size")
-                stages = gr.Slider(2, limits.max_stages, value=defaults["stages"], step=1,
-                                   label="Morph stages", elem_id="stages")
-
-        status = gr.Markdown("Type two phrases and press **Run**.", label="Progress", elem_id="status")
-        with gr.Row(equal_height=True):
-            image_a = gr.Image(label="A: denoised under prompt 1", format="png", height=256, interactive=False,
-                               elem_classes="pixelated", elem_id="image-a")
-            image_b = gr.Image(label="B: denoised under prompt 2", format="png", height=256, interactive=False,
-                               elem_classes="pixelated", elem_id="image-b")
-            difference = gr.Image(label="Where the two prompts' predictions differ most", format="png", height=256,
-                                  interactive=False, elem_classes="pixelated", elem_id="difference")
-        plot = gr.LinePlot(x="step", y="nats", color="curve", color_map=h.PLOT_COLORS, color_title="",
-                           x_lim=[1, defaults["steps"]], y_lim=[0, 1],
-                           label="Divergence added at each step (nats)", elem_id="plot")
-        result = gr.Markdown(label="Result", elem_id="result")
-        with gr.Row():
-            with gr.Column():
-                morph_gif = gr.Image(label="Morph: prompt 1 → prompt 2, same noise", height=300, interactive=False,
-                                     elem_classes="pixelated", elem_id="morph-gif")
+                run = gr.Button("Run", variant="primary", elem_id="run")
+                stop = gr.Button("Stop", variant="stop", elem_id="stop")
+            gr.Examples(h.EXAMPLES, inputs=[prompt_a, prompt_b], label="Try a pair")
+            with gr.Accordion("Advanced", open=False, elem_id="advanced"):
+                model = gr.Dropdown([(label, name) for name, label in models.items()], value=default_model,
+                                    label="Model", elem_id="model")
                 with gr.Row():
-                    morph_download = gr.DownloadButton("Download morph GIF", visible=False, elem_id="morph-download")
-                    morph_mp4 = gr.DownloadButton("Download morph MP4", visible=False, elem_id="morph-mp4-download")
-            with gr.Column():
-                trajectory_gif = gr.Image(label="Both trajectories, step by step", height=300, interactive=False,
-                                          elem_id="trajectory-gif")
+                    steps = gr.Slider(1, limits.max_steps, value=defaults["steps"], step=1, label="Sampler steps",
+                                      elem_id="steps")
+                    samples = gr.Slider(1, limits.max_samples, value=defaults["samples"], step=1,
+                                        label="Monte-Carlo samples k (noise draws averaged)", elem_id="samples")
+                    guidance = gr.Slider(1, h.MAX_GUIDANCE, value=defaults["guidance"], step=0.5,
+                                         label="Guidance scale (1 = none)", elem_id="guidance")
                 with gr.Row():
-                    trajectory_download = gr.DownloadButton("Download trajectories GIF", visible=False,
-                                                            elem_id="trajectory-download")
-                    trajectory_mp4 = gr.DownloadButton("Download trajectories MP4", visible=False,
-                                                       elem_id="trajectory-mp4-download")
-        with gr.Accordion("Result as JSON", open=False):
-            details = gr.JSON(label="Result as JSON", elem_id="details")
+                    seed = gr.Number(defaults["seed"], label="Seed", precision=0, minimum=0, maximum=2**31 - 1,
+                                     elem_id="seed")
+                    size = gr.Dropdown(h.size_choices(default_model), value=defaults["size"], label="Image size",
+                                       allow_custom_value=True, elem_id="size")
+                    stages = gr.Slider(2, limits.max_stages, value=defaults["stages"], step=1,
+                                       label="Morph stages", elem_id="stages")
 
-        outputs = dict(image_a=image_a, image_b=image_b, difference=difference, plot=plot, status=status,
-                       result=result, details=details, morph_gif=morph_gif, trajectory_gif=trajectory_gif,
-                       morph_download=morph_download, trajectory_download=trajectory_download,
-                       morph_mp4=morph_mp4, trajectory_mp4=trajectory_mp4)
-        running = gr.on(
-            [run.click, prompt_a.submit, prompt_b.submit], h.run_conjure,
-            inputs=[prompt_a, prompt_b, model, steps, samples, guidance, seed, size, stages],
-            outputs=[outputs[name] for name in h.OUTPUTS],
-            api_name="conjure", show_progress="minimal",
-        )
-        stop.click(None, cancels=[running], api_visibility="private")
-        model.change(h.on_model_change, model, size, api_visibility="private", queue=False)
+            status = gr.Markdown("Type two phrases and press **Run**.", label="Progress", elem_id="status")
+            with gr.Row(equal_height=True):
+                image_a = gr.Image(label="A: denoised under prompt 1", format="png", height=256, interactive=False,
+                                   elem_classes="pixelated", elem_id="image-a")
+                image_b = gr.Image(label="B: denoised under prompt 2", format="png", height=256, interactive=False,
+                                   elem_classes="pixelated", elem_id="image-b")
+                difference = gr.Image(label="Where the two prompts' predictions differ most", format="png", height=256,
+                                      interactive=False, elem_classes="pixelated", elem_id="difference")
+            plot = gr.LinePlot(x="step", y="nats", color="curve", color_map=h.PLOT_COLORS, color_title="",
+                               x_lim=[1, defaults["steps"]], y_lim=[0, 1],
+                               label="Divergence added at each step (nats)", elem_id="plot")
+            result = gr.Markdown(label="Result", elem_id="result")
+            with gr.Row():
+                with gr.Column():
+                    morph_gif = gr.Image(label="Morph: prompt 1 → prompt 2, same noise", height=300, interactive=False,
+                                         elem_classes="pixelated", elem_id="morph-gif")
+                    with gr.Row():
+                        morph_download = gr.DownloadButton("Download morph GIF", visible=False, elem_id="morph-download")
+                        morph_mp4 = gr.DownloadButton("Download morph MP4", visible=False, elem_id="morph-mp4-download")
+                with gr.Column():
+                    trajectory_gif = gr.Image(label="Both trajectories, step by step", height=300, interactive=False,
+                                              elem_id="trajectory-gif")
+                    with gr.Row():
+                        trajectory_download = gr.DownloadButton("Download trajectories GIF", visible=False,
+                                                                elem_id="trajectory-download")
+                        trajectory_mp4 = gr.DownloadButton("Download trajectories MP4", visible=False,
+                                                           elem_id="trajectory-mp4-download")
+            with gr.Accordion("Result as JSON", open=False):
+                details = gr.JSON(label="Result as JSON", elem_id="details")
+
+            outputs = dict(image_a=image_a, image_b=image_b, difference=difference, plot=plot, status=status,
+                           result=result, details=details, morph_gif=morph_gif, trajectory_gif=trajectory_gif,
+                           morph_download=morph_download, trajectory_download=trajectory_download,
+                           morph_mp4=morph_mp4, trajectory_mp4=trajectory_mp4)
+            running = gr.on(
+                [run.click, prompt_a.submit, prompt_b.submit], h.run_conjure,
+                inputs=[prompt_a, prompt_b, model, steps, samples, guidance, seed, size, stages],
+                outputs=[outputs[name] for name in h.OUTPUTS],
+                api_name="conjure", show_progress="minimal",
+                preprocess=False,  # raw values: the handler checks them, so a wrong type gets a clear message
+            )
+            stop.click(None, cancels=[running], api_visibility="private")
+            model.change(h.on_model_change, model, size, api_visibility="private", queue=False, preprocess=False)
+        with gr.Tab("Compare many", elem_id="tab-many"):
+            build_matrix_tab(limits, defaults, models, default_model)
     return demo.queue(default_concurrency_limit=h.env_int("CONJURE_CONCURRENCY", 1),
                       max_size=h.env_int("CONJURE_QUEUE_SIZE", 16))
 
@@ -122,4 +189,4 @@ if __name__ == "__main__":
         h.MODELS.get(h.default_model())
     except Exception as err:  # serve anyway: a Run reports the problem to the user
         logging.getLogger("conjure.app").error("could not preload %s: %s", h.default_model(), err)
-    demo.launch(theme=THEME, css=CSS)
+    demo.launch(theme=THEME, css=CSS, max_file_size=h.MAX_UPLOAD)

@@ -7,6 +7,8 @@
     for event in conjure.stream(model, "snow leopard", "bengal tiger"):
         event.step, event.image_a, event.image_b, event.jeffreys
     results = conjure.score_pairs(model, [("a", "b"), ...], batch_size=8)
+    m = conjure.similarity_matrix(model, ["leopard", "cheetah", "zebra"])    # N x N, images, map
+    conjure.rank(model, "leopard", ["cheetah", "zebra"])                    # most alike first
 
 The divergence is the Jeffreys divergence between the reverse diffusion processes
 that the model runs under each text (Liu & Soatto, "Conjuring Semantic
@@ -20,16 +22,18 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from conjure.errors import ConjureError, ModelLoadError
-from conjure.jeffreys import JeffreysResult, Settings, StepEvent, jeffreys_steps, score_batch
+from conjure.errors import ConjureError, ModelLoadError, PromptTruncatedWarning
+from conjure import validation
+from conjure.jeffreys import JeffreysResult, Settings, StepEvent, check_pairs, check_prompt, check_settings
+from conjure.jeffreys import jeffreys_steps, score_batch
 from conjure.jeffreys import stream as _stream
-from conjure.minilm import PromptTruncatedWarning
+from conjure.matrix import MatrixResult, rank, similarity_matrix
 from conjure.models import MODEL_ALIASES, default_model, load_model
 
 __all__ = [
     "load_model", "score", "score_pairs", "stream", "text_similarity", "sample",
     "Settings", "JeffreysResult", "StepEvent", "ConjureError", "ModelLoadError", "PromptTruncatedWarning",
-    "MODEL_ALIASES", "default_model",
+    "MODEL_ALIASES", "default_model", "similarity_matrix", "rank", "MatrixResult",
 ]
 __version__ = "0.1.0"
 
@@ -37,7 +41,7 @@ __version__ = "0.1.0"
 def stream(model, text_a: str, text_b: str, *, previews: bool = True, decode_final: bool = True,
            **settings) -> Iterator[StepEvent]:
     """One StepEvent per sampler step (images, per-step KL, running totals); the last carries the result."""
-    model, s = load_model(model), Settings(**settings)
+    model, s = load_model(model), validation.make_settings(Settings, settings)
     for event in _stream(model, text_a, text_b, s, previews=previews, decode_final=decode_final):
         if event.result is not None:
             add_percentiles(model, [event.result], s)
@@ -65,9 +69,12 @@ def score_pairs(model, pairs: Iterable[tuple[str, str]], *, batch_size: int = 8,
     """Score many pairs, `batch_size` pairs per model call; the same seed gives every pair the same noise."""
     from tqdm.auto import tqdm
 
-    model, pairs, s = load_model(model), list(pairs), Settings(**settings)
-    if batch_size < 1:
-        raise ConjureError(f"batch_size must be at least 1, got {batch_size}")
+    model, s = load_model(model), validation.make_settings(Settings, settings)
+    batch_size = validation.check_batch_size(batch_size)
+    check_settings(model, s)
+    pairs = check_pairs(model, pairs)  # every pair, before any is scored
+    if pairs:
+        validation.check_memory(model, s, min(batch_size, len(pairs)))
     results: list[JeffreysResult] = []
     with tqdm(total=len(pairs), unit="pair", disable=not progress) as bar:
         for i in range(0, len(pairs), batch_size):
@@ -81,7 +88,8 @@ def text_similarity(model, text_a: str, text_b: str) -> float:
     """Cosine similarity of the model's own text embeddings: the 'what the words say' baseline."""
     from conjure.models.base import cosine
 
-    emb = load_model(model).text_embedding([text_a, text_b])
+    model = load_model(model)
+    emb = model.text_embedding([check_prompt(text_a, "A", model), check_prompt(text_b, "B", model)])
     return cosine(emb[0], emb[1])
 
 
@@ -91,8 +99,18 @@ def sample(model, prompts: list[str], **settings) -> np.ndarray:
     A pair of identical prompts runs a single trajectory, so this costs one evaluation per
     prompt, sample and step.
     """
-    model = load_model(model)
-    *_, last = jeffreys_steps(model, [(p, p) for p in prompts], Settings(**settings))
+    model, s = load_model(model), validation.make_settings(Settings, settings)
+    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
+        raise ConjureError(f"prompts must be a list of strings, got {validation.describe(prompts)}")
+    prompts = [check_prompt(p, str(n), model) for n, p in enumerate(prompts, 1)]
+    check_settings(model, s)
+    validation.check_memory(model, s, len(prompts), decoded_images=len(prompts) * s.samples)
+    *_, last = jeffreys_steps(model, [(p, p) for p in prompts], s)
     x0 = last.x0[:, 0]  # trajectory A of each pair: (N, k, C, H, W)
-    images = model.decode(x0.flatten(0, 1))
+    try:
+        images = model.decode(x0.flatten(0, 1))
+    except Exception as err:
+        if validation.is_out_of_memory(err):
+            raise validation.out_of_memory("decode fewer prompts or samples at once") from None
+        raise
     return images.reshape(*x0.shape[:2], *images.shape[1:])

@@ -6,13 +6,14 @@ API caller sends is checked here, on the server, whatever the sliders allow:
     CONJURE_MODEL             default model (an alias, a hub id or a folder); on ZeroGPU: sd-v1-4
     CONJURE_EXTRA_MODELS      comma-separated hub ids or folders added to the allow-list
     CONJURE_MAX_STEPS (50), CONJURE_MAX_SAMPLES (8), CONJURE_MAX_STAGES (16),
-    CONJURE_MAX_SIZE (1024), CONJURE_MAX_PROMPT_CHARS (300)
+    CONJURE_MAX_SIZE (1024), CONJURE_MAX_PROMPT_CHARS (300), CONJURE_MAX_PHRASES (10, "Compare many")
     CONJURE_CACHED_MODELS (2) models kept loaded; CONJURE_CONCURRENCY (1) runs at once;
     CONJURE_QUEUE_SIZE (16)   runs waiting at most
 
-All model work of a Run happens in one generator, `conjure_on_device`, wrapped in
-`spaces.GPU` when the `spaces` package is installed (a no-op off ZeroGPU). Only plain
-data crosses its boundary: names, numbers, dicts and numpy arrays.
+All model work of a Run happens in one generator, `conjure_on_device` (`matrix_on_device`
+for the "Compare many" tab's `/matrix`), wrapped in `spaces.GPU` when the `spaces` package
+is installed (a no-op off ZeroGPU). Only plain data crosses its boundary: names, numbers,
+dicts, dataclasses of them and numpy arrays.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ import gradio as gr
 import numpy as np
 
 import conjure
-from conjure import animation
+from conjure import animation, validation
 from conjure.errors import ConjureError
 from conjure.jeffreys import Settings
+from conjure.models import BUILTIN_MODELS
 from conjure.morph import morph_steps
 
 log = logging.getLogger("conjure.app")
@@ -58,6 +60,7 @@ class Limits:
     max_stages: int = 16
     max_size: int = 1024
     max_prompt_chars: int = 300
+    max_phrases: int = 10  # "Compare many": phrases in one matrix (N(N-1)/2 pairs)
 
     @classmethod
     def from_env(cls) -> "Limits":
@@ -65,24 +68,9 @@ class Limits:
 
 
 LIMITS = Limits.from_env()
+MAX_UPLOAD = "1kb"  # Gradio's max_file_size: the app takes no files, so its /upload route takes next to nothing
 MAX_GUIDANCE = 20.0
 DEFAULTS = {"steps": 10, "samples": 1, "guidance": 1.0, "seed": 0, "size": 0, "stages": 8}
-
-# The built-in allow-list: alias -> (label, image sides offered besides the model's default).
-BUILTIN_MODELS = {
-    "emoji": ("Embedded OpenMoji model (32 px, CPU)", (32, 48, 64)),
-    "sd-v1-4": ("Stable Diffusion v1.4", (256, 384, 512, 640, 768)),
-    "sd-v1-5": ("Stable Diffusion v1.5", (256, 384, 512, 640, 768)),
-    "sd-2-1": ("Stable Diffusion 2.1", (512, 768, 1024)),
-    "sdxl": ("Stable Diffusion XL base 1.0", (512, 768, 1024)),
-}
-
-# The text encoder behind each adapter's `text_embedding`, named for the baseline.
-TEXT_ENCODERS = {
-    "PixelModel": "MiniLM (all-MiniLM-L6-v2)",
-    "StableDiffusionModel": "CLIP text encoder",
-    "StableDiffusionXLModel": "CLIP ViT-bigG text encoder",
-}
 
 EXAMPLES = [
     ["snow leopard", "bengal tiger"],
@@ -104,7 +92,7 @@ def default_model() -> str:
 
 def allowed_models() -> dict[str, str]:
     """Model name -> label: the built-ins, $CONJURE_EXTRA_MODELS and the default. Nothing else loads."""
-    models = {alias: label for alias, (label, _) in BUILTIN_MODELS.items()}
+    models = {alias: model.label for alias, model in BUILTIN_MODELS.items()}
     extra = [m.strip() for m in os.environ.get("CONJURE_EXTRA_MODELS", "").split(",") if m.strip()]
     for name in [*extra, default_model()]:
         models.setdefault(name, name)
@@ -113,7 +101,7 @@ def allowed_models() -> dict[str, str]:
 
 def size_choices(model_name: str) -> list[tuple[str, int]]:
     """Image sides offered for a model; 0 is the model's own default."""
-    sizes = BUILTIN_MODELS.get(model_name, ("", ()))[1]
+    sizes = BUILTIN_MODELS[model_name].sizes if isinstance(model_name, str) and model_name in BUILTIN_MODELS else ()
     return [("model default", 0)] + [(f"{s} px", s) for s in sizes]
 
 
@@ -177,12 +165,12 @@ def check_request(text_a, text_b, model_name, steps, samples, guidance, seed, si
     """The validated request as plain values, or a ConjureError saying what is wrong."""
     prompts = []
     for which, text in (("A", text_a), ("B", text_b)):
-        if not isinstance(text, str) or not text.strip():
+        if text is None or isinstance(text, str) and not text.strip():
             raise ConjureError(f"prompt {which} is empty: type a phrase")
-        if len(text) > limits.max_prompt_chars:
+        if isinstance(text, str) and len(text) > limits.max_prompt_chars:
             raise ConjureError(f"prompt {which} is {len(text)} characters long; the limit is {limits.max_prompt_chars}")
-        prompts.append(text.strip())
-    if model_name not in allowed_models():
+        prompts.append(validation.check_prompt(text, which).strip())  # a string, valid text, something visible
+    if not isinstance(model_name, str) or model_name not in allowed_models():
         raise ConjureError(f"unknown model {model_name!r}; choose one of: {', '.join(allowed_models())}")
 
     def integer(name, value, low, high):
@@ -198,6 +186,11 @@ def check_request(text_a, text_b, model_name, steps, samples, guidance, seed, si
             raise ConjureError(f"{name} must be between {low} and {high}, got {int(value)}")
         return int(value)
 
+    if isinstance(guidance, str):  # sent as text through the API
+        try:
+            guidance = float(guidance)
+        except ValueError:
+            pass
     if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not (1 <= guidance <= MAX_GUIDANCE):
         raise ConjureError(f"guidance must be a number from 1 (none) to {MAX_GUIDANCE:g}, got {guidance!r}")
     return {
@@ -247,16 +240,12 @@ def conjure_on_device(model_name: str, text_a: str, text_b: str, settings: dict,
         model = MODELS.loaded(model_name) or MODELS.get(model_name)  # the handler has loaded it
         for event in conjure.stream(model, text_a, text_b, **settings):
             yield "step", event
-        yield "baseline", conjure.text_similarity(model, text_a, text_b), text_encoder_name(model)
+        yield "baseline", conjure.text_similarity(model, text_a, text_b), model.text_encoder_name
         for step in morph_steps(model, text_a, text_b, stages, Settings(**settings)):
             yield "morph", step
-    except torch.OutOfMemoryError:
+    except (torch.OutOfMemoryError, validation.OutOfMemory):
         free_accelerator_memory()
         raise ConjureError("out of memory: try a smaller image size, fewer samples (k) or fewer morph stages") from None
-
-
-def text_encoder_name(model) -> str:
-    return TEXT_ENCODERS.get(type(model).__name__, "the model's text encoder")
 
 
 # --- the Run handler --------------------------------------------------------------------------
@@ -344,14 +333,23 @@ def run_conjure(text_a: str, text_b: str, model: str = DEFAULT_MODEL, steps: int
     try:
         yield from _run(text_a, text_b, model, steps, samples, guidance, seed, size, stages)
     except ConjureError as err:  # bad input, unknown model, out of memory, NaN: the user's message
-        raise gr.Error(html.escape(str(err)), print_exception=False) from None
+        raise refused(err) from None
     except torch.OutOfMemoryError:  # loading a model, outside the device function
         free_accelerator_memory()
         raise gr.Error("out of memory loading the model; try again when fewer models are in use",
                        print_exception=False) from None
     except Exception as err:  # anything else: logged in full, reported briefly; the server keeps serving
         log.exception("run failed")
-        raise gr.Error(html.escape(f"the run failed: {type(err).__name__}: {err}")) from None
+        raise gr.Error(html.escape(f"the run failed: {type(err).__name__}: {err}", quote=False),
+                       print_exception=False) from None
+
+
+def refused(err: ConjureError) -> gr.Error:
+    """The user's message as a gr.Error, and one line (no traceback) in the server log."""
+    message = str(err).encode("utf-8", "backslashreplace").decode("utf-8")  # no lone surrogates
+    log.info("refused: %s", " ".join(message.split()))
+    # Gradio sanitises the toast's HTML; escaping <, > and & keeps user text literal, quotes stay quotes.
+    return gr.Error(html.escape(message, quote=False), print_exception=False)
 
 
 def done(result) -> str:
@@ -371,6 +369,7 @@ def _run(text_a, text_b, model_name, steps, samples, guidance, seed, size, stage
     check_size(model, request["size"])
     settings = asdict(Settings(steps=steps, samples=request["samples"], guidance=request["guidance"],
                                seed=request["seed"], size=request["size"]))
+    validation.check_memory(model, Settings(**settings), 1, lower="choose a smaller image size or fewer samples (k)")
 
     images_a, images_b, differences, ab, ba = [], [], [], [], []
     result = morph = summary = None
@@ -469,3 +468,184 @@ def write_videos(animations: dict, name: Path) -> tuple[dict[str, str], str | No
 def on_model_change(model_name: str):
     """Offer the image sides that model allows."""
     return gr.Dropdown(choices=size_choices(model_name), value=0)
+
+
+# --- "Compare many": the matrix of many phrases (the `/matrix` API) ----------------------------------
+
+# The matrix event's outputs, in order; new outputs go at the end.
+MATRIX_OUTPUTS = ("matrix_status", "matrix_heatmap", "matrix_text_heatmap", "matrix_map", "matrix_neighbours",
+                  "matrix_details", "matrix_csv", "matrix_heatmap_png", "matrix_map_png")
+MATRIX_DOWNLOADS = ("matrix_csv", "matrix_heatmap_png", "matrix_map_png")
+MATRIX_EXAMPLE = "leopard\ncheetah\ntiger\nhouse cat\nlion\nzebra"
+
+
+def matrix_updates(**values) -> tuple:
+    """A value for every matrix output; `gr.skip()` for those not named."""
+    unknown = set(values) - set(MATRIX_OUTPUTS)
+    if unknown:
+        raise KeyError(f"not a matrix output: {sorted(unknown)}")
+    return tuple(values[name] if name in values else gr.skip() for name in MATRIX_OUTPUTS)
+
+
+def check_matrix_request(phrases, model_name, steps, samples, guidance, seed, size,
+                         limits: Limits = LIMITS) -> dict:
+    """The validated matrix request: distinct phrases (one per line), the repeated ones, and the settings."""
+    from conjure.matrix import distinct_phrases
+
+    if phrases is None:
+        phrases = ""
+    if not isinstance(phrases, str):
+        raise ConjureError("phrases must be text, one phrase per line")
+    most = 2 * limits.max_phrases * (limits.max_prompt_chars + 1)  # generous room for blank lines and spaces
+    if len(phrases) > most:
+        raise ConjureError(f"the phrases are {len(phrases)} characters long; the limit is {limits.max_phrases} "
+                           f"phrases of at most {limits.max_prompt_chars} characters each")
+    lines = phrases.splitlines()
+    for n, line in enumerate(lines, 1):
+        if len(line.strip()) > limits.max_prompt_chars:
+            raise ConjureError(f"line {n} is {len(line.strip())} characters long; the limit is {limits.max_prompt_chars}")
+    kept, repeated = distinct_phrases(lines)
+    if len(kept) < 2:
+        only = f" (only {kept[0]!r}{', repeated' if repeated else ''})" if kept else ""
+        raise ConjureError(f"type at least two different phrases, one per line{only}")
+    if len(kept) > limits.max_phrases:
+        raise ConjureError(f"{len(kept)} different phrases; the limit is {limits.max_phrases} "
+                           f"(every pair is scored: {limits.max_phrases * (limits.max_phrases - 1) // 2} pairs at most)")
+    # The settings get exactly the checks of a two-phrase Run (the first two phrases stand in for its prompts).
+    request = check_request(kept[0], kept[1], model_name, steps, samples, guidance, seed, size, DEFAULTS["stages"],
+                            limits)
+    return {"phrases": kept, "duplicates": repeated,
+            **{key: request[key] for key in ("model", "steps", "samples", "guidance", "seed", "size")}}
+
+
+@on_gpu(duration=300)
+def matrix_on_device(model_name: str, phrases: list[str], settings: dict, batch_size: int) -> Iterator[tuple]:
+    """All model work of a matrix, as plain data: ("step", MatrixProgress) per sampler step of each batch;
+    the last one carries the MatrixResult."""
+    import torch
+
+    from conjure.matrix import matrix_steps
+
+    try:
+        model = MODELS.loaded(model_name) or MODELS.get(model_name)
+        for event in matrix_steps(model, phrases, batch_size=batch_size, **settings):
+            yield "step", event
+    except (torch.OutOfMemoryError, validation.OutOfMemory):
+        free_accelerator_memory()
+        raise ConjureError("out of memory: try fewer phrases, a smaller image size or fewer samples (k)") from None
+
+
+def matrix_batch_size(samples: int) -> int:
+    """Pairs per batched model call: 8 at k = 1, fewer as each pair's k samples fill the batch."""
+    return max(1, 8 // samples)
+
+
+def cell(text: str) -> str:
+    """A user's phrase, safe inside a Markdown table."""
+    return html.escape(text).replace("|", "\\|")
+
+
+def format_neighbours(result, encoder: str) -> str:
+    """Each phrase's nearest neighbour by the images and by the words, side by side."""
+    number = animation.format_number
+    by_text = {p: (q, v) for p, q, v in result.nearest("text")}
+    rows = ["| phrase | nearest by the images (Jeffreys, nats) | nearest by the words (cosine) |", "|---|---|---|"]
+    agree = 0
+    for p, q, v in result.nearest():
+        tq, tv = by_text[p]
+        agree += q == tq
+        closer = ""
+        if result.percentile is not None:
+            closer = f", closer than {result.percentile[result.phrases.index(p), result.phrases.index(q)]:.0f}%"
+        rows.append(f"| {cell(p)} | **{cell(q)}** ({number(v)}{closer}) | {cell(tq)} ({tv:.2f}) |")
+    s = result.settings
+    lines = rows + ["", f"The images and the words agree on {agree} of {len(result.phrases)} nearest neighbours "
+                        f"({encoder} for the words)."]
+    if result.duplicates:
+        lines.append(f"Repeated, scored once: {', '.join(cell(d) for d in result.duplicates)}.")
+    if result.percentile is None:
+        lines.append("No calibration for these settings, so no percentiles (`python -m conjure calibrate`).")
+    lines.append(f"{result.model} · {s['steps']} steps · k = {s['samples']} · guidance {s['guidance']:g} · "
+                 f"seed {s['seed']} · {result.pairs} pairs in {result.seconds:.1f} s")
+    return "\n".join(lines)
+
+
+def run_matrix(phrases: str, model: str = DEFAULT_MODEL, steps: int = DEFAULTS["steps"],
+               samples: int = DEFAULTS["samples"], guidance: float = DEFAULTS["guidance"],
+               seed: int = DEFAULTS["seed"], size: int = DEFAULTS["size"]) -> Iterator[tuple]:
+    """The "Compare many" Run button and the `/matrix` API: score every pair of the phrases, then show the matrix.
+
+    Inputs: the phrases (one per line, at most CONJURE_MAX_PHRASES different ones; repeats and blank
+    lines are dropped), then the model, sampler steps, samples k, guidance, seed and image size, as for
+    `/conjure`. Streams a progress line while pairs are scored; the last update carries every output
+    (`MATRIX_OUTPUTS`): the heatmaps, the map, the neighbours, the JSON and the three files.
+    """
+    import torch
+
+    try:
+        yield from _run_matrix(phrases, model, steps, samples, guidance, seed, size)
+    except ConjureError as err:
+        raise refused(err) from None
+    except torch.OutOfMemoryError:
+        free_accelerator_memory()
+        raise gr.Error("out of memory loading the model; try again when fewer models are in use",
+                       print_exception=False) from None
+    except Exception as err:
+        log.exception("matrix run failed")
+        raise gr.Error(html.escape(f"the run failed: {type(err).__name__}: {err}", quote=False),
+                       print_exception=False) from None
+
+
+def _run_matrix(phrases, model_name, steps, samples, guidance, seed, size) -> Iterator[tuple]:
+    from conjure.figures import matrix_figures
+
+    request = check_matrix_request(phrases, model_name, steps, samples, guidance, seed, size)
+    phrases, n = request["phrases"], len(request["phrases"])
+    total = n * (n - 1) // 2
+    repeated = ""
+    if request["duplicates"]:
+        repeated = f" · repeated, scored once: {', '.join(html.escape(d) for d in request['duplicates'])}"
+        gr.Info(f"Repeated phrases are scored once: {', '.join(request['duplicates'])}")
+    hidden = {name: gr.DownloadButton(value=None, visible=False) for name in MATRIX_DOWNLOADS}
+    yield matrix_updates(matrix_status=("Starting…" if model_name in MODELS else f"Loading **{model_name}**…") + repeated,
+                         matrix_heatmap=None, matrix_text_heatmap=None, matrix_map=None, matrix_neighbours="",
+                         matrix_details=None, **hidden)
+    model = MODELS.get(model_name)
+    check_size(model, request["size"])
+    settings = asdict(Settings(steps=request["steps"], samples=request["samples"], guidance=request["guidance"],
+                               seed=request["seed"], size=request["size"]))
+    batch_size = matrix_batch_size(request["samples"])
+    validation.check_memory(model, Settings(**settings), min(batch_size, total), decoded_images=n,
+                            lower="choose fewer phrases, a smaller image size or fewer samples (k)")
+    result, started = None, time.perf_counter()
+    for _, event in matrix_on_device(model_name, phrases, settings, batch_size):
+        if event.result is not None:
+            result = event.result
+            result.duplicates = request["duplicates"]  # dropped here, before the device saw the phrases
+            break
+        in_batch = min(batch_size, event.pairs - event.pairs_done)
+        done_pairs = event.pairs_done + in_batch * event.step / event.steps
+        yield matrix_updates(matrix_status=(
+            f"**Scoring pairs {event.pairs_done + 1}–{event.pairs_done + in_batch} of {total}** "
+            f"{progress_bar(done_pairs, total)} batch {event.batch}/{event.batches}, step {event.step}/{event.steps} · "
+            f"{done_pairs / (time.perf_counter() - started):.2f} pairs/s{repeated}"))
+    yield matrix_updates(matrix_status=f"Scored {total} pairs · drawing the heatmaps and the map…{repeated}")
+    encoder = getattr(model, "text_encoder_name", "the model's text encoder")
+    pictures = matrix_figures(result, encoder)
+    with tempfile.TemporaryDirectory(prefix="conjure-matrix-") as tmp:  # removed once Gradio has copied the files
+        base = Path(tmp) / f"conjure-{n}-phrases"
+        files = {"matrix_csv": base.with_name(base.name + "-jeffreys.csv"),
+                 "matrix_heatmap_png": base.with_name(base.name + "-heatmap.png"),
+                 "matrix_map_png": base.with_name(base.name + "-map.png")}
+        files["matrix_csv"].write_text(result.to_csv(), encoding="utf-8")
+        pictures["heatmap"].save(files["matrix_heatmap_png"])
+        pictures["map"].save(files["matrix_map_png"])
+        nearest = ", ".join(f"{html.escape(p)} → {html.escape(q)}" for p, q, _ in result.nearest())
+        yield matrix_updates(
+            matrix_status=f"**Done: {n} phrases, {total} pairs in {time.perf_counter() - started:.1f} s**{repeated}"
+                          f" · nearest: {nearest}",
+            matrix_heatmap=pictures["heatmap"], matrix_text_heatmap=pictures["text_heatmap"],
+            matrix_map=pictures["map"], matrix_neighbours=format_neighbours(result, encoder),
+            matrix_details={**result.to_dict(), "text_encoder": encoder},
+            **{name: gr.DownloadButton(value=str(path), visible=True) for name, path in files.items()},
+        )

@@ -1,4 +1,4 @@
-"""Command line: `python -m conjure score A B`, `score --pairs FILE`, and `sts` (the benchmark).
+"""Command line: `python -m conjure score A B`, `score --pairs FILE`, `matrix`, `rank`, and `sts` (the benchmark).
 
 Output contract for scripts: `--json` prints one JSON object per pair with at least
 jeffreys, kl_ab, kl_ba, per_step, stderr, seconds.
@@ -8,47 +8,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
 
+from conjure import sts, validation
 from conjure.errors import ConjureError
-from conjure.jeffreys import WEIGHTINGS, Settings
+from conjure.options import add_estimator_options, add_model_options, settings_from
 
 
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None,
-                   help="alias (emoji, sd-v1-4, sd-v1-5, sd-2-1, sdxl), local folder or hub id; default: $CONJURE_MODEL or the embedded emoji model")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps; default: the best available")
-    p.add_argument("--dtype", default=None, choices=["auto", "float32", "float16", "bfloat16"],
-                   help="default: float16 on a GPU, float32 on a CPU")
-
-
-def add_estimator_options(p: argparse.ArgumentParser) -> None:
-    d = Settings()
-    p.add_argument("--steps", type=int, default=d.steps, help=f"sampler steps (default {d.steps}, as in the paper)")
-    p.add_argument("--samples", "-k", type=int, default=d.samples, help="Monte-Carlo noise samples per pair")
-    p.add_argument("--guidance", type=float, default=d.guidance, help="classifier-free guidance scale (1 = none)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's)")
-    p.add_argument("--eta", type=float, default=d.eta, help="DDIM eta of the stochastic sampler (1 = DDPM; 0 is refused)")
-    p.add_argument("--weighting", default=d.weighting, choices=WEIGHTINGS,
-                   help="girsanov: the continuous-time divergence (trapezoid in log SNR; default); exact: the KL "
-                        "between the two discrete chains; girsanov-left: left-point rule; uniform: unweighted (ablation)")
-
-
-def settings_from(args) -> Settings:
-    return Settings(steps=args.steps, samples=args.samples, guidance=args.guidance, seed=args.seed, size=args.size,
-                    eta=args.eta, weighting=args.weighting)
-
-
-def read_pairs(path: str) -> list[tuple[str, str]]:
-    """TSV lines `text_a<TAB>text_b`, or JSONL objects with text_a/text_b (or a/b, sentence1/sentence2)."""
+def read_pair_lines(path: str) -> list[tuple[int, str, str]]:
+    """(line number, text_a, text_b) of each pair in a pairs file, every text checked (see read_pairs)."""
     file = Path(path)
     if not file.is_file():
         raise ConjureError(f"pairs file not found: {path}")
+    data = file.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ConjureError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); a pairs file is UTF-8 "
+                           "text, one pair per line (text_a<TAB>text_b, or JSON)") from None
     pairs = []
-    for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         if line.lstrip().startswith("{"):
@@ -57,8 +40,8 @@ def read_pairs(path: str) -> list[tuple[str, str]]:
             except json.JSONDecodeError as err:
                 raise ConjureError(f"{path}:{n}: invalid JSON: {err}") from None
             for ka, kb in (("text_a", "text_b"), ("a", "b"), ("sentence1", "sentence2")):
-                if ka in obj and kb in obj:
-                    pairs.append((obj[ka], obj[kb]))
+                if isinstance(obj, dict) and ka in obj and kb in obj:
+                    a, b = obj[ka], obj[kb]
                     break
             else:
                 raise ConjureError(f"{path}:{n}: a JSON line needs text_a and text_b")
@@ -66,10 +49,65 @@ def read_pairs(path: str) -> list[tuple[str, str]]:
             cols = line.split("\t")
             if len(cols) != 2:
                 raise ConjureError(f"{path}:{n}: expected two tab-separated texts, found {len(cols)} columns")
-            pairs.append((cols[0], cols[1]))
+            a, b = cols
+        try:
+            pairs.append((n, validation.check_prompt(a, "A"), validation.check_prompt(b, "B")))
+        except ConjureError as err:
+            raise ConjureError(f"{path}:{n}: {err}") from None
     if not pairs:
         raise ConjureError(f"{path}: no pairs")
     return pairs
+
+
+def read_pairs(path: str) -> list[tuple[str, str]]:
+    """TSV lines `text_a<TAB>text_b`, or JSONL objects with text_a/text_b (or a/b, sentence1/sentence2)."""
+    return [(a, b) for _, a, b in read_pair_lines(path)]
+
+
+def result_key(r: dict) -> tuple:
+    """What makes two results the same score: the texts, the model and the estimator settings."""
+    return r["text_a"], r["text_b"], r.get("model"), json.dumps(r.get("settings"), sort_keys=True)
+
+
+def read_results(path: Path) -> tuple[list[dict], int | None]:
+    """The results already in an output file, and the byte offset of a torn last line (a killed write) or None.
+
+    Anything that is not a JSONL file of conjure results is refused: appending to it would mix the two.
+    """
+    data = path.read_bytes()
+    refuse = (f"{path} exists and is not a JSONL file of conjure results, so it cannot be resumed or appended to; "
+              "give -o a new file name (or that of an earlier run's output, to resume it)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConjureError(f"{refuse} (not UTF-8 text)") from None
+    results, offset, torn = [], 0, None
+    lines = text.split("\n")
+    for n, line in enumerate(lines, 1):
+        start, offset = offset, offset + len(line.encode("utf-8")) + 1
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines):  # the last line, with no newline: a write cut short by a kill
+                torn = start
+                break
+            raise ConjureError(f"{refuse} (line {n} is not JSON)") from None
+        if not (isinstance(obj, dict) and {"text_a", "text_b", "jeffreys"} <= set(obj)):
+            raise ConjureError(f"{refuse} (line {n} is not a result)")
+        results.append(obj)
+    return results, torn
+
+
+def score_output(args) -> tuple[Path | None, list[dict], int | None]:
+    """The checked -o file, the results already in it and where a torn last line starts; before any model work."""
+    if not args.output:
+        return None, [], None
+    output = validation.check_output_path(args.output)
+    if not (args.pairs and output.exists() and output.stat().st_size):
+        return output, [], None
+    return (output, *read_results(output))
 
 
 def format_result(r) -> str:
@@ -83,6 +121,7 @@ def format_result(r) -> str:
         f"{r.settings['weighting']} weighting)",
         f"  Jeffreys divergence  {r.jeffreys:.4f}{se} nats ({r.jeffreys_per_dim:.3g} per dimension)",
         f"  on a human scale     {scale}",
+        *[f"  prompt {which} read as     {text!r} (emoji as words)" for which, text in zip("AB", r.rewritten) if text],
         f"  KL(A||B)             {r.kl_ab:.4f}",
         f"  KL(B||A)             {r.kl_ba:.4f}",
         f"  time                 {r.seconds:.2f} s",
@@ -93,35 +132,113 @@ def format_result(r) -> str:
 
 
 def cmd_score(args) -> int:
+    """One pair, or a pairs file. With --pairs, each batch's results are written as soon as they are done, and
+    a rerun of the same command into the same -o file skips the pairs already there (resume)."""
     import conjure
+    from conjure.jeffreys import check_settings
 
     settings = settings_from(args)
+    validation.check_settings(settings)
+    validation.check_device(args.device)
+    batch_size = validation.check_batch_size(args.batch_size, "--batch-size")
     if args.pairs:
-        pairs = read_pairs(args.pairs)
+        lines = read_pair_lines(args.pairs)
     elif args.text_a is not None and args.text_b is not None:
-        pairs = [(args.text_a, args.text_b)]
+        lines = [(0, validation.check_prompt(args.text_a, "A"), validation.check_prompt(args.text_b, "B"))]
     else:
         raise ConjureError("give two texts, or --pairs FILE")
+    output, earlier, torn = score_output(args)  # checked before the model loads
+
     model = conjure.load_model(args.model, device=args.device, dtype=args.dtype)
+    check_settings(model, settings)
+    where = (lambda n: f" on line {n} of {args.pairs}") if args.pairs else (lambda n: "")
+    validation.check_readable(model, [(f"{ab}{where(n)}", text) for n, a, b in lines for ab, text in zip("AB", (a, b))])
+    pairs = [(a, b) for _, a, b in lines]
+    lower = ("lower --samples, --batch-size or --size" if args.pairs else "lower --samples or --size") + \
+        " (or raise CONJURE_MAX_MEMORY_GB)"
+    validation.check_memory(model, settings, min(batch_size, len(pairs)) if args.pairs else 1, lower=lower)
     reference = None
     if args.calibration:  # checked before scoring: a file for another model or settings is an error
         from conjure import calibration
 
         reference = calibration.find(model, settings, args.calibration)
+
+    def finish(results):
+        if reference is not None:
+            for r in results:
+                r.percentile = reference.percentile(r.jeffreys, settings.weighting)
+        return results
+
     with warnings.catch_warnings():
         warnings.simplefilter("always", conjure.PromptTruncatedWarning)
         warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
-        if args.pairs:
-            results = conjure.score_pairs(model, pairs, batch_size=args.batch_size, progress=True, **vars(settings))
-        else:
-            results = [conjure.score(model, *pairs[0], **vars(settings))]
-    if reference is not None:
-        for r in results:
-            r.percentile = reference.percentile(r.jeffreys, settings.weighting)
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    for r in results:
-        print(json.dumps(r.to_dict()) if (args.json or args.pairs) else format_result(r), file=out)
+        if not args.pairs:
+            r = finish([conjure.score(model, *pairs[0], **vars(settings))])[0]
+            text = json.dumps(r.to_dict()) if args.json else format_result(r)
+            if output is None:
+                print(text)
+            else:
+                output.write_text(text + "\n", encoding="utf-8")
+            return 0
+        todo = pairs_to_score(pairs, earlier, model.name, settings, output)
+        stream_results(todo, output, torn, batch_size,
+                       lambda batch: finish(conjure.score_pairs(model, batch, batch_size=batch_size, **vars(settings))))
     return 0
+
+
+def pairs_to_score(pairs, earlier: list[dict], model_name: str, settings, output) -> list[tuple[str, str]]:
+    """The pairs not yet in the output (a pair given n times is scored n times); says how many are skipped."""
+    from collections import Counter
+    from dataclasses import asdict
+
+    done = Counter(result_key(r) for r in earlier)
+    settings_json = json.loads(json.dumps(asdict(settings)))
+    todo = []
+    for a, b in pairs:
+        key = result_key({"text_a": a, "text_b": b, "model": model_name, "settings": settings_json})
+        if done[key]:
+            done[key] -= 1
+        else:
+            todo.append((a, b))
+    skipped = len(pairs) - len(todo)
+    if earlier:
+        others = len(earlier) - skipped
+        note = (f"; {others} other result{'s' if others != 1 else ''} in it (other pairs, settings or model) "
+                "are kept" if others else "")
+        print(f"{output}: {skipped} of {len(pairs)} pairs already scored there, skipped; scoring the other "
+              f"{len(todo)}{note}", file=sys.stderr)
+    return todo
+
+
+def stream_results(todo, output: Path | None, torn: int | None, batch_size: int, score) -> None:
+    """Score `todo` batch by batch, writing each batch's JSON lines as soon as it is done (flushed, and synced
+    to disk for a file), so a kill loses at most the batch in flight."""
+    from tqdm.auto import tqdm
+
+    if output is not None and torn is not None:
+        with open(output, "r+b") as f:  # drop the torn last line of a killed run; its pairs are scored again
+            f.truncate(torn)
+    if output is not None and output.exists() and output.stat().st_size:
+        with open(output, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            ends_with_newline = f.read(1) == b"\n"
+    else:
+        ends_with_newline = True
+    out = open(output, "a", encoding="utf-8") if output is not None else sys.stdout
+    try:
+        if not ends_with_newline:
+            out.write("\n")
+        with tqdm(total=len(todo), unit="pair", disable=not todo) as bar:
+            for i in range(0, len(todo), batch_size):
+                batch = todo[i : i + batch_size]
+                out.write("".join(json.dumps(r.to_dict()) + "\n" for r in score(batch)))
+                out.flush()
+                if output is not None:
+                    os.fsync(out.fileno())
+                bar.update(len(batch))
+    finally:
+        if output is not None:
+            out.close()
 
 
 def cmd_calibrate(args) -> int:
@@ -133,6 +250,8 @@ def cmd_calibrate(args) -> int:
     if args.pairs < 10:
         raise ConjureError(f"--pairs must be at least 10 for a usable reference distribution, got {args.pairs}")
     settings = settings_from(args)
+    if args.output:  # before the scoring, which an unwritable file would otherwise lose
+        validation.check_output_path(args.output)
     model = conjure.load_model(args.model, device=args.device, dtype=args.dtype)
     path = Path(args.output) if args.output else calibration.default_path(model)
     result = calibration.calibrate(model, pairs=args.pairs, batch_size=args.batch_size, **vars(settings))
@@ -147,6 +266,136 @@ def cmd_calibrate(args) -> int:
     print(f"{len(ref)} random pairs of everyday phrases under {model.name} ({settings.weighting} weighting): "
           f"5% {q[0]:.4g}, median {q[1]:.4g}, 95% {q[2]:.4g} nats")
     print(f"wrote {path}")
+    return 0
+
+
+MAX_PHRASES_FILE_BYTES = 1_000_000  # a phrases file bigger than this is a mistake, not a matrix
+
+
+def read_phrases(path: str) -> list[str]:
+    """One phrase per line of a UTF-8 text file (blank lines are skipped later, with repeats)."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConjureError(f"phrases file not found: {path}")
+    size = file.stat().st_size
+    if size > MAX_PHRASES_FILE_BYTES:
+        raise ConjureError(f"{path} is {size / 1e6:.1f} MB; a phrases file (one phrase per line) may be at most "
+                           f"{MAX_PHRASES_FILE_BYTES / 1e6:g} MB")
+    data = file.read_bytes()
+    try:
+        return data.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ConjureError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the file as UTF-8") from None
+
+
+def gather_phrases(args, given: list[str], least: int, need: str) -> list[str]:
+    """Phrases from the command line and --file, checked for number before any model work."""
+    from conjure.matrix import distinct_phrases
+
+    phrases = list(given) + (read_phrases(args.file) if args.file else [])
+    kept, _ = distinct_phrases(phrases)
+    if len(kept) < least:
+        raise ConjureError(f"give at least {need} (as arguments or with --file), got {len(kept)}")
+    if len(kept) > args.max_phrases:
+        pairs = f" (a matrix of N phrases scores N(N-1)/2 pairs: {len(kept) * (len(kept) - 1) // 2})" if least > 1 else ""
+        raise ConjureError(f"{len(kept)} different phrases; the limit is --max-phrases {args.max_phrases}{pairs}")
+    return phrases
+
+
+def png_path(name: str | None, option: str) -> Path | None:
+    if name is None:
+        return None
+    path = Path(name)
+    if path.suffix.lower() != ".png":
+        raise ConjureError(f"{option} needs a file name ending in .png, got {name}")
+    if not path.parent.is_dir():
+        raise ConjureError(f"cannot write {name}: no folder {path.parent}")
+    return path
+
+
+def format_matrix(m) -> str:
+    """The matrix as an aligned table, then each phrase's nearest neighbour by the images and by the words."""
+    number = lambda v: f"{v:.4g}"  # noqa: E731
+    names = [p if len(p) <= 14 else p[:13] + "~" for p in m.phrases]
+    width = max(8, *(len(n) for n in names))
+    cells = [[number(v) for v in row] for row in m.jeffreys]
+    col = max(8, *(len(n) for n in names), *(len(c) for row in cells for c in row))
+    s = m.settings
+    lines = [f"{len(m.phrases)} phrases, {m.pairs} pairs ({m.model}, {s['steps']} steps, k={s['samples']}, "
+             f"{s['weighting']} weighting), {m.seconds:.1f} s",
+             "Jeffreys divergence (nats; smaller = more alike):",
+             " " * width + "".join(f"  {n:>{col}}" for n in names)]
+    lines += [f"{name:<{width}}" + "".join(f"  {c:>{col}}" for c in row) for name, row in zip(names, cells)]
+    lines.append("Nearest neighbour, by the images (Jeffreys) and by the words (text-encoder cosine):")
+    by_text = {p: (q, v) for p, q, v in m.nearest("text")}
+    for p, q, v in m.nearest():
+        percentile = (f", closer than {m.percentile[m.phrases.index(p), m.phrases.index(q)]:.0f}% of random pairs"
+                      if m.percentile is not None else "")
+        lines.append(f"  {p}: {q} ({number(v)} nats{percentile}) | {by_text[p][0]} (cosine {by_text[p][1]:.3f})")
+    if m.duplicates:
+        lines.append("repeated, scored once: " + ", ".join(repr(d) for d in m.duplicates))
+    if m.percentile is None:
+        lines.append("no calibration for these settings, so no percentiles (python -m conjure calibrate)")
+    return "\n".join(lines)
+
+
+def cmd_matrix(args) -> int:
+    import conjure
+    from conjure import figures
+
+    phrases = gather_phrases(args, args.phrases, 2, "two different phrases")
+    outputs = {"png": png_path(args.png, "--png"), "map": png_path(args.map, "--map")}
+    if args.csv and not Path(args.csv).parent.is_dir():
+        raise ConjureError(f"cannot write {args.csv}: no folder {Path(args.csv).parent}")
+    settings = settings_from(args)
+    model = conjure.load_model(args.model, device=args.device, dtype=args.dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("once", conjure.PromptTruncatedWarning)
+        warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
+        m = conjure.similarity_matrix(model, phrases, batch_size=args.batch_size, progress=True, **vars(settings))
+    print(json.dumps(m.to_dict()) if args.json else format_matrix(m))
+    written = []
+    if args.csv:
+        Path(args.csv).write_text(m.to_csv(), encoding="utf-8")
+        written.append(args.csv)
+    if outputs["png"] or outputs["map"]:
+        pictures = figures.matrix_figures(m, getattr(model, "text_encoder_name", "text encoder"))
+        for key, picture in (("png", "heatmap"), ("map", "map")):
+            if outputs[key]:
+                pictures[picture].save(outputs[key])
+                written.append(str(outputs[key]))
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_rank(args) -> int:
+    import conjure
+    from conjure.matrix import distinct_phrases
+
+    if not args.query.strip():
+        raise ConjureError("the query is empty")
+    candidates = gather_phrases(args, args.candidates, 1, "one candidate")
+    repeated = distinct_phrases(candidates)[1]
+    if repeated:
+        print("repeated, scored once: " + ", ".join(repr(r) for r in repeated), file=sys.stderr)
+    settings = settings_from(args)
+    model = conjure.load_model(args.model, device=args.device, dtype=args.dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("once", conjure.PromptTruncatedWarning)
+        warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
+        ranked = conjure.rank(model, args.query, candidates, batch_size=args.batch_size, progress=True,
+                              **vars(settings))
+    if args.json:
+        for r in ranked:
+            print(json.dumps(r.to_dict()))
+        return 0
+    print(f"{args.query.strip()!r} against {len(ranked)} candidates ({model.name}, {settings.steps} steps, "
+          f"k={settings.samples}), most alike first:")
+    for n, r in enumerate(ranked, 1):
+        scale = f"  closer than {r.percentile:.1f}% of random pairs" if r.percentile is not None else ""
+        print(f"{n:>4}. {r.jeffreys:>10.4g} nats  {r.text_b}{scale}")
     return 0
 
 
@@ -267,12 +516,35 @@ def main(argv=None) -> int:
     add_estimator_options(p)
     p.set_defaults(func=cmd_morph)
 
-    try:
-        from conjure import sts
-    except ImportError:
-        sts = None
-    if sts is not None:
-        sts.add_parser(sub)
+    p = sub.add_parser("matrix", help="the Jeffreys matrix of many phrases, nearest neighbours, heatmap and map",
+                       description="Score every pair of the phrases once (in batches) and print the N x N Jeffreys "
+                                   "matrix and each phrase's nearest neighbour, beside the text encoder's; "
+                                   "optionally write it as CSV, a heatmap PNG and a 2-D map of meanings.")
+    p.add_argument("phrases", nargs="*", metavar="PHRASE")
+    p.add_argument("--file", help="more phrases, one per line (UTF-8; blank lines and repeats are skipped)")
+    p.add_argument("--csv", metavar="FILE", help="write the Jeffreys matrix as CSV")
+    p.add_argument("--png", metavar="FILE", help="write a heatmap of the matrix with the values (PNG)")
+    p.add_argument("--map", metavar="FILE", help="write the map of meanings: each phrase's image at its MDS point (PNG)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--batch-size", type=int, default=8, help="pairs per batched model call (default 8)")
+    p.add_argument("--max-phrases", type=int, default=100, help="refuse more phrases than this (default 100)")
+    add_model_options(p)
+    add_estimator_options(p)
+    p.set_defaults(func=cmd_matrix)
+
+    p = sub.add_parser("rank", help="candidates sorted by Jeffreys divergence from a query",
+                       description="Score the query against every candidate and print them, most alike first.")
+    p.add_argument("query")
+    p.add_argument("candidates", nargs="*", metavar="CANDIDATE")
+    p.add_argument("--file", help="more candidates, one per line (UTF-8; blank lines and repeats are skipped)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per candidate, in rank order")
+    p.add_argument("--batch-size", type=int, default=8, help="pairs per batched model call (default 8)")
+    p.add_argument("--max-phrases", type=int, default=1000, help="refuse more candidates than this (default 1000)")
+    add_model_options(p)
+    add_estimator_options(p)
+    p.set_defaults(func=cmd_rank)
+
+    sts.add_parser(sub)
 
     args = parser.parse_args(argv)
     try:
@@ -283,3 +555,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # never a traceback for the user: one line, and how to see the rest
+        if validation.is_out_of_memory(err):
+            print(f"error: {validation.out_of_memory('lower --samples, --batch-size or --size')}", file=sys.stderr)
+            return 2
+        if os.environ.get("CONJURE_DEBUG"):
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        print(f"error: {type(err).__name__}: {message} (unexpected; CONJURE_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1

@@ -49,6 +49,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from conjure import validation
 from conjure.errors import ConjureError
 from conjure.models.base import Conditioning
 from conjure.sampler import advance, common_noise, ddim_sigma, guided, schedule
@@ -128,6 +129,9 @@ class JeffreysResult:
     settings: dict
     model: str
     truncated: list[bool] = field(default_factory=lambda: [False, False])
+    # The texts the encoder read where it could not read the given ones as they were (emoji it cannot read
+    # became their names, see conjure.text); None where a prompt was read as given.
+    rewritten: list[str | None] = field(default_factory=lambda: [None, None])
     dims: int = 0  # numbers in one state (C*H*W): divide by it to compare models with different state sizes
     percentile: float | None = None  # % of random everyday phrase pairs that are farther apart (see conjure.calibration)
     images: tuple[np.ndarray, np.ndarray] | None = None  # final sample 0 of trajectories A and B (uint8 HWC)
@@ -175,6 +179,7 @@ class BatchStep:
     x0: torch.Tensor  # (P, 2, k, C, H, W) predicted clean states of trajectories A and B
     eps_gap: torch.Tensor  # (P, 2, k, C, H, W) eps(x|a) - eps(x|b) at each trajectory's state
     truncated: list[list[bool]]
+    rewritten: list[list[str | None]] = field(default_factory=list)  # per pair: the texts read, where rewritten
 
 
 # --- validation -------------------------------------------------------------------
@@ -182,26 +187,10 @@ class BatchStep:
 
 def check_settings(model, s: Settings) -> int:
     """Raise ConjureError for unusable settings; return the image size to use."""
-    if not isinstance(s.steps, int) or s.steps < 1:
-        raise ConjureError(f"steps must be a positive integer, got {s.steps!r}")
+    validation.check_settings(s, WEIGHTINGS)  # types and ranges
     if s.steps > len(model.alphas_cumprod):
         raise ConjureError(f"steps must be at most the model's {len(model.alphas_cumprod)} training timesteps, got {s.steps}")
-    if not isinstance(s.samples, int) or s.samples < 1:
-        raise ConjureError(f"samples (k) must be a positive integer, got {s.samples!r}")
-    if not (isinstance(s.guidance, (int, float)) and s.guidance > 0 and math.isfinite(s.guidance)):
-        raise ConjureError(f"guidance must be a positive number (1 = no classifier-free guidance), got {s.guidance!r}")
-    if not (isinstance(s.eta, (int, float)) and 0 <= s.eta <= 1):
-        raise ConjureError(f"eta must be in (0, 1], got {s.eta!r}")
-    if s.eta == 0:
-        raise ConjureError(
-            "eta=0 is deterministic DDIM: each reverse process is a point mass, so the path KL between two "
-            "prompts is infinite. Use a stochastic sampler, eta in (0, 1] (1 = DDPM ancestral sampling)."
-        )
-    if s.weighting not in WEIGHTINGS:
-        raise ConjureError(f"weighting must be one of {WEIGHTINGS}, got {s.weighting!r}")
     size = s.size or model.default_size
-    if not isinstance(size, int) or size < 1:
-        raise ConjureError(f"size must be a positive integer, got {size!r}")
     try:
         model.latent_shape(size)
     except ValueError as err:
@@ -209,23 +198,33 @@ def check_settings(model, s: Settings) -> int:
     return size
 
 
-def check_prompt(text, which: str) -> str:
-    if not isinstance(text, str):
-        raise ConjureError(f"prompt {which} must be a string, got {type(text).__name__}")
-    if not text.strip():
-        raise ConjureError(f"prompt {which} is empty")
+def check_prompt(text, which: str, model=None) -> str:
+    """A usable prompt (see conjure.validation); with a model, also one its text encoder reads something of."""
+    text = validation.check_prompt(text, which)
+    if model is not None:
+        validation.check_readable(model, [(which, text)])
     return text
+
+
+def check_pairs(model, pairs) -> list[tuple[str, str]]:
+    """Pairs of usable prompts that the model's text encoder reads something of."""
+    pairs = validation.check_pairs(pairs)
+    validation.check_readable(model, [(f"{ab}{'' if len(pairs) == 1 else f' of pair {n}'}", text)
+                                      for n, pair in enumerate(pairs, 1) for ab, text in zip("AB", pair)])
+    return pairs
 
 
 # --- the estimator ----------------------------------------------------------------
 
 
+@validation.reports_out_of_memory
 def jeffreys_steps(model, pairs: Sequence[tuple[str, str]], settings: Settings = Settings()) -> Iterator[BatchStep]:
     """Run both trajectories of every pair, one batched model call per step; yield each step's KL terms."""
     size = check_settings(model, settings)
-    pairs = [(check_prompt(a, "A"), check_prompt(b, "B")) for a, b in pairs]
+    pairs = check_pairs(model, pairs)
     if not pairs:
         raise ConjureError("no pairs to score")
+    validation.check_memory(model, settings, len(pairs))
     k, use_null = settings.samples, settings.guidance != 1
 
     # Text is encoded once per distinct prompt; the null prompt is the last row.
@@ -233,6 +232,8 @@ def jeffreys_steps(model, pairs: Sequence[tuple[str, str]], settings: Settings =
     row_of = {p: i for i, p in enumerate(prompts)}
     cond = model.encode(prompts)
     truncated = [[cond.truncated[row_of[a]], cond.truncated[row_of[b]]] if cond.truncated else [False, False]
+                 for a, b in pairs]
+    rewritten = [[cond.rewritten[row_of[a]], cond.rewritten[row_of[b]]] if cond.rewritten else [None, None]
                  for a, b in pairs]
     if use_null:
         cond = Conditioning.cat([cond, model.encode_null()])
@@ -279,7 +280,8 @@ def jeffreys_steps(model, pairs: Sequence[tuple[str, str]], settings: Settings =
         # A follows prompt a, B follows prompt b; both use the same noise.
         own = torch.stack([eps_a[:, 0], eps_b[:, 1]], dim=1)
         x0, x = advance(x, own, step, noises[i])
-        yield BatchStep(i, step.timestep, step.abar_t, weights[i], gap_sq, kl[:, 0], kl[:, 1], x0, gap, truncated)
+        yield BatchStep(i, step.timestep, step.abar_t, weights[i], gap_sq, kl[:, 0], kl[:, 1], x0, gap, truncated,
+                        rewritten)
 
 
 def summarize(pairs, steps: list[BatchStep], seconds, settings, model, truncated) -> list[JeffreysResult]:
@@ -308,7 +310,8 @@ def summarize(pairs, steps: list[BatchStep], seconds, settings, model, truncated
             jeffreys=float(j.mean()), kl_ab=float(kl_ab.mean()), kl_ba=float(kl_ba.mean()),
             stderr=float(j.std(unbiased=True) / math.sqrt(k)) if k > 1 else None,
             per_step=per_step, per_sample=j.tolist(), seconds=seconds, settings=asdict(settings), model=model.name,
-            truncated=truncated[p], dims=dims,
+            truncated=truncated[p], rewritten=steps[-1].rewritten[p] if steps[-1].rewritten else [None, None],
+            dims=dims,
         ))
     return results
 

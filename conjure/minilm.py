@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from conjure.errors import PromptTruncatedWarning
+from conjure.text import prepare
 
 EMBED_DIM = 384
 
@@ -32,6 +33,7 @@ class MiniLMOutput:
     mask: torch.Tensor  # (B, L) 1 for real tokens
     pooled: torch.Tensor  # (B, 384) unit-norm sentence embedding
     truncated: list[bool]
+    rewritten: list[str | None] = field(default_factory=list)  # the text read, where emoji became words
 
 
 class MiniLM:
@@ -49,6 +51,7 @@ class MiniLM:
 
     @torch.no_grad()
     def __call__(self, texts: list[str]) -> MiniLMOutput:
+        texts, rewritten = prepare(self.tokenizer, texts)  # its WordPiece reads every emoji as [UNK]: read names
         full = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
         truncated = [len(ids) > self.max_tokens for ids in full]
         for text, cut in zip(texts, truncated):
@@ -66,4 +69,4 @@ class MiniLM:
         tokens = states * mask[..., None]
         pooled = tokens.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
         pooled = torch.nn.functional.normalize(pooled, dim=-1)
-        return MiniLMOutput(tokens=tokens, mask=mask, pooled=pooled, truncated=truncated)
+        return MiniLMOutput(tokens=tokens, mask=mask, pooled=pooled, truncated=truncated, rewritten=rewritten)

@@ -13,12 +13,14 @@ measured on. All stages go through one model call per step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import numpy as np
 import torch
 
+from conjure import validation
 from conjure.errors import ConjureError
 from conjure.jeffreys import Settings, check_prompt, check_settings
 from conjure.models.base import Conditioning
@@ -55,13 +57,18 @@ def interpolate(a: Conditioning, b: Conditioning, weights) -> Conditioning:
     return Conditioning(tensors)
 
 
+@validation.reports_out_of_memory
 def morph_steps(model, text_a: str, text_b: str, stages: int = 8,
                 settings: Settings = Settings()) -> Iterator[MorphStep]:
     """Sample all stages together, yielding after every step (so a UI can report progress or stop)."""
     size = check_settings(model, settings)
-    text_a, text_b = check_prompt(text_a, "A"), check_prompt(text_b, "B")
-    if not isinstance(stages, int) or stages < 2:
+    text_a, text_b = check_prompt(text_a, "A", model), check_prompt(text_b, "B", model)
+    if not validation.is_whole(stages) or stages < 2:
         raise ConjureError(f"a morph needs at least 2 stages, got {stages!r}")
+    evaluations = stages * (2 if settings.guidance != 1 else 1)  # one batched call: as many as ceil(n / 4) pairs
+    validation.check_memory(model, replace(settings, samples=1, guidance=1), math.ceil(evaluations / 4),
+                            decoded_images=stages, lower="lower the morph stages or the image size",
+                            explain=f"{stages} morph stages at {size} px")
     weights = np.linspace(0.0, 1.0, stages)
 
     encoded = model.encode([text_a, text_b])
@@ -91,5 +98,5 @@ def morph(model, text_a: str, text_b: str, stages: int = 8, **settings) -> Morph
     """Run the whole morph; returns the last MorphStep (weights and decoded images)."""
     from conjure.models import load_model
 
-    *_, last = morph_steps(load_model(model), text_a, text_b, stages, Settings(**settings))
+    *_, last = morph_steps(load_model(model), text_a, text_b, stages, validation.make_settings(Settings, settings))
     return last

@@ -14,6 +14,6 @@ def tiny_sd1():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Browser tests first: run after tests that import and build the Gradio app in this process,
-    the first browser Run never reached the server (seen in CI; cause not yet found)."""
-    items.sort(key=lambda item: item.get_closest_marker("browser") is None)
+    """CONJURE_TEST_ORDER=reverse runs the suite backwards: every test must pass in any order."""
+    if os.environ.get("CONJURE_TEST_ORDER") == "reverse":
+        items.reverse()

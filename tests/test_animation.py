@@ -24,7 +24,9 @@ def test_difference_map_over_an_image_takes_its_size_and_survives_nan_and_zero()
     d = np.full((8, 8), np.nan, np.float32)
     out = animation.difference_map(d, under)
     assert out.shape == (32, 32, 3)
-    assert np.isfinite(out).all()
+    # NaN differences draw as "no difference": the map's coldest colour over the grey image, nothing else
+    cold = np.unique(out.reshape(-1, 3), axis=0)
+    assert len(cold) == 1 and (out == animation.difference_map(np.zeros((8, 8), np.float32), under)).all()
     assert animation.difference_map(np.zeros((4, 4))).max() == animation.HEAT_LUT[0].max()
 
 

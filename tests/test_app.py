@@ -279,13 +279,13 @@ def test_importing_the_app_touches_no_cuda_and_loads_no_model():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_the_page_queues_runs_with_limits_and_one_public_endpoint():
+def test_the_page_queues_runs_with_limits_and_two_public_endpoints():
     import app
 
     assert app.demo._queue.max_size == h.env_int("CONJURE_QUEUE_SIZE", 16)
     assert app.demo._queue.default_concurrency_limit == h.env_int("CONJURE_CONCURRENCY", 1)
     public = [f.api_name for f in app.demo.fns.values() if f.api_visibility == "public"]
-    assert public == ["conjure"]
+    assert public == ["conjure", "matrix"]  # the two tabs' Run buttons
 
 
 def test_changing_the_model_offers_its_image_sizes():
@@ -307,3 +307,233 @@ def test_gpu_work_is_wrapped_by_spaces_gpu_when_present(monkeypatch):
     assert h.on_gpu(30)(work) is work and wrapped == [(work, 30)]
     monkeypatch.setitem(sys.modules, "spaces", None)  # not installed: a no-op
     assert h.on_gpu(30)(work) is work and len(wrapped) == 1
+
+
+# --- "Compare many": the matrix handler (`/matrix`) ---------------------------------------------------
+
+MOUT = {name: i for i, name in enumerate(h.MATRIX_OUTPUTS)}
+
+
+def matrix_request(phrases, **changes):
+    args = {**SMALL, **changes}
+    return h.check_matrix_request(phrases, args["model"], args["steps"], args["samples"], args["guidance"],
+                                  args["seed"], args["size"])
+
+
+def run_matrix(phrases, **changes):
+    args = {**SMALL, **changes}
+    return h.run_matrix(phrases, args["model"], args["steps"], args["samples"], args["guidance"], args["seed"],
+                        args["size"])
+
+
+def test_check_matrix_request_cleans_the_phrases():
+    r = matrix_request(" leopard \n\ntiger\nleopard\r\nzebra\n", steps=4.0, size="32")
+    assert r == {"phrases": ["leopard", "tiger", "zebra"], "duplicates": ["leopard"], "model": "emoji", "steps": 4,
+                 "samples": 1, "guidance": 1.0, "seed": 0, "size": 32}
+
+
+@pytest.mark.parametrize("phrases, changes, message", [
+    ("tiger", {}, "at least two different phrases"),
+    ("tiger\ntiger\n\n", {}, "only 'tiger', repeated"),
+    ("", {}, "at least two different phrases"),
+    (None, {}, "at least two different phrases"),
+    (["tiger", "zebra"], {}, "phrases must be text"),
+    ("\n".join(f"phrase {i}" for i in range(h.LIMITS.max_phrases + 1)), {}, f"the limit is {h.LIMITS.max_phrases}"),
+    ("tiger\n" + "x" * (h.LIMITS.max_prompt_chars + 1), {}, "line 2 is"),
+    ("a phrase\n" * 600_000, {}, "characters long; the limit is"),  # 5.4 MB
+    ("tiger\nzebra\udc80", {}, "not valid text"),
+    ("tiger\nzebra", {"model": "../../etc/passwd"}, "unknown model"),
+    ("tiger\nzebra", {"steps": h.LIMITS.max_steps + 1}, "steps must be between"),
+    ("tiger\nzebra", {"samples": 0}, "samples"),
+    ("tiger\nzebra", {"guidance": float("nan")}, "guidance"),
+])
+def test_check_matrix_request_refuses(phrases, changes, message):
+    with pytest.raises(ConjureError, match=message):
+        matrix_request(phrases, **changes)
+
+
+def test_the_phrase_limit_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("CONJURE_MAX_PHRASES", "3")
+    limits = h.Limits.from_env()
+    assert limits.max_phrases == 3 and h.Limits().max_phrases == 10
+    with pytest.raises(ConjureError, match="4 different phrases; the limit is 3"):
+        h.check_matrix_request("a\nb\nc\nd", "emoji", 2, 1, 1.0, 0, 0, limits)
+    assert h.check_matrix_request("a\nb\nc\na", "emoji", 2, 1, 1.0, 0, 0, limits)["phrases"] == ["a", "b", "c"]
+
+
+@pytest.mark.slow
+def test_run_matrix_streams_progress_then_the_matrix_and_the_files():
+    updates = []
+    generator = run_matrix("leopard\ncheetah\nleopard\n\nzebra\nhouse cat", steps=2)
+    for update in generator:
+        assert len(update) == len(h.MATRIX_OUTPUTS)
+        updates.append(update)
+        csv = update[MOUT["matrix_csv"]]
+        if isinstance(csv, gr.DownloadButton) and csv.visible:
+            break  # the final update
+    final = updates[-1]
+    statuses = [u[MOUT["matrix_status"]] for u in updates if isinstance(u[MOUT["matrix_status"]], str)]
+    progress = [s for s in statuses if s.startswith("**Scoring pairs")]
+    assert len(progress) == 2 and "step 2/2" in progress[-1]  # 6 pairs: one batch of 2 sampler steps
+    assert all("repeated, scored once: leopard" in s for s in statuses)
+    assert final[MOUT["matrix_status"]].startswith("**Done: 4 phrases, 6 pairs")
+
+    details = final[MOUT["matrix_details"]]
+    assert details["phrases"] == ["leopard", "cheetah", "zebra", "house cat"] and details["duplicates"] == ["leopard"]
+    jeffreys = np.array(details["jeffreys"])
+    assert np.array_equal(jeffreys, jeffreys.T) and np.all(np.diag(jeffreys) == 0) and "MiniLM" in details["text_encoder"]
+    neighbours = final[MOUT["matrix_neighbours"]]
+    assert "| leopard |" in neighbours and "nearest by the words" in neighbours and "scored once: leopard" in neighbours
+    for name in ("matrix_heatmap", "matrix_text_heatmap", "matrix_map"):
+        assert isinstance(final[MOUT[name]], Image.Image) and final[MOUT[name]].width > 300
+    csv = Path(final[MOUT["matrix_csv"]].value["path"])
+    assert csv.name == "conjure-4-phrases-jeffreys.csv"
+    assert csv.read_text().splitlines()[0] == "jeffreys,leopard,cheetah,zebra,house cat"
+    for name in ("matrix_heatmap_png", "matrix_map_png"):
+        with Image.open(final[MOUT[name]].value["path"]) as png:
+            assert png.format == "PNG"
+    assert list(generator) == []
+
+
+def test_run_matrix_reports_bad_input_as_a_message():
+    with pytest.raises(gr.Error, match="at least two different phrases"):
+        list(run_matrix("tiger\n\ntiger"))
+    with pytest.raises(gr.Error, match="multiple of 4"):
+        list(run_matrix("tiger\nzebra", size=34))
+
+
+@pytest.mark.parametrize("failure, message", [("nan", "NaN"), ("oom", "out of memory")])
+def test_run_matrix_reports_nan_and_out_of_memory(monkeypatch, failure, message):
+    broken = h.ModelCache()
+    broken._models["emoji"] = BrokenModel(h.MODELS.get("emoji"), failure)
+    monkeypatch.setattr(h, "MODELS", broken)
+    with pytest.raises(gr.Error, match=message):
+        list(run_matrix("sun\nmoon", steps=2))
+    monkeypatch.undo()
+    assert run_matrix("sun\nmoon", steps=1)  # still serving
+    assert list(run_matrix("sun\nmoon", steps=1))[-1][MOUT["matrix_details"]]["phrases"] == ["sun", "moon"]
+
+
+def test_the_matrix_device_function_passes_only_plain_data():
+    def check(value, where):
+        if dataclasses.is_dataclass(value):
+            for f in dataclasses.fields(value):
+                check(getattr(value, f.name), f"{where}.{f.name}")
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                check(k, where)
+                check(v, f"{where}[{k!r}]")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                check(v, f"{where}[{i}]")
+        else:
+            assert isinstance(value, (str, int, float, bool, type(None), np.ndarray, np.generic)), (where, type(value))
+
+    items = list(h.matrix_on_device("emoji", ["sun", "moon", "star"], {"steps": 2, "samples": 2, "seed": 1}, 2))
+    for item in items:
+        check(item, item[0])
+    assert [kind for kind, _ in items] == ["step"] * 5  # 3 pairs in batches of 2: 2 + 2 steps, then the result
+    assert items[-1][1].result is not None and items[-1][1].result.jeffreys.shape == (3, 3)
+
+
+# --- bad input through the app: the handler's clear message, whatever the type, and one log line (issue 13) --------
+
+@pytest.mark.parametrize("changes, message", [
+    ({"steps": "ten"}, "steps must be a whole number, got 'ten'"),
+    ({"steps": None}, "steps must be a whole number, got None"),
+    ({"seed": "abc"}, "seed must be a whole number, got 'abc'"),
+    ({"guidance": float("nan")}, "guidance must be a number from 1 (none) to 20, got nan"),
+    ({"guidance": "strong"}, "guidance must be a number from 1 (none) to 20, got 'strong'"),
+    ({"text_a": "cat\ud800"}, "prompt A is not valid text: it holds a lone surrogate U+D800"),  # was a TypeError
+    ({"text_a": "\x00"}, "prompt A is empty: it holds only control or invisible characters (U+0000)"),
+    ({"text_b": ["x"]}, "prompt B must be a string, got list"),
+    ({"model": ["emoji"]}, "unknown model ['emoji']"),
+    ({"text_b": "𓀀"}, "prompt B is empty to the model"),
+])
+def test_wrong_types_get_the_handlers_clear_message(caplog, changes, message):
+    text_a, text_b = changes.pop("text_a", "leopard"), changes.pop("text_b", "tiger")
+    with caplog.at_level("INFO", logger="conjure.app"), pytest.raises(gr.Error) as raised:
+        list(run(text_a, text_b, **changes))
+    assert raised.value.message == message or raised.value.message.startswith(message)
+    assert "&#x27;" not in raised.value.message and "the run failed" not in raised.value.message
+    refused = [r for r in caplog.records if r.name == "conjure.app" and r.getMessage().startswith("refused: ")]
+    assert len(refused) == 1 and refused[0].exc_info is None and "\n" not in refused[0].getMessage()
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+def test_a_run_over_the_memory_limit_is_refused_with_what_to_lower(monkeypatch):
+    monkeypatch.setenv("CONJURE_MAX_MEMORY_GB", "0.001")
+    with pytest.raises(gr.Error, match=r"this run would need about .* more than the 1 MB allowed "
+                                       r"\(CONJURE_MAX_MEMORY_GB\); choose a smaller image size or fewer samples"):
+        list(run(samples=8, size=64))
+
+
+def test_the_two_runs_take_raw_values_so_gradio_never_hides_the_message():
+    import app
+
+    by_name = {f.api_name: f for f in app.demo.fns.values()}
+    assert by_name["conjure"].preprocess is False and by_name["matrix"].preprocess is False
+
+
+def test_the_app_caps_uploads(monkeypatch):
+    import runpy
+
+    launched = {}
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: launched.update(kwargs))
+    monkeypatch.setattr(h.MODELS, "get", lambda name: None)  # no preloading
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "app.py"), run_name="__main__")
+    assert launched["max_file_size"] == h.MAX_UPLOAD == "1kb"
+
+
+@pytest.fixture(scope="module")
+def served():
+    """The app itself, served in this process as `python app.py` serves it."""
+    import app
+
+    _, url, _ = app.demo.launch(prevent_thread_lock=True, quiet=True, max_file_size=h.MAX_UPLOAD)
+    yield url
+    app.demo.close()
+
+
+def call_api(url, name, data):
+    """A raw HTTP call, as curl would make it: the final SSE event and its data."""
+    import json
+
+    import httpx
+
+    body = json.dumps({"data": data})  # as Python writes it: NaN as NaN, a lone surrogate as \ud800
+    event = httpx.post(f"{url}gradio_api/call/{name}", content=body, headers={"Content-Type": "application/json"},
+                       timeout=30).json()["event_id"]
+    with httpx.stream("GET", f"{url}gradio_api/call/{name}/{event}", timeout=120) as stream:
+        lines = "".join(stream.iter_text()).strip().splitlines()
+    kind = [line for line in lines if line.startswith("event: ")][-1].removeprefix("event: ")
+    return kind, json.loads([line for line in lines if line.startswith("data: ")][-1].removeprefix("data: "))
+
+
+@pytest.mark.parametrize("data, message", [
+    (["leopard", "tiger", "emoji", "ten", 1, 1, 0, 0, 3], "steps must be a whole number, got 'ten'"),
+    (["leopard", "tiger", "emoji", None, 1, 1, 0, 0, 3], "steps must be a whole number, got None"),
+    (["leopard", "tiger", "emoji", 3, 1, 1, "abc", 0, 3], "seed must be a whole number, got 'abc'"),
+    (["leopard", "tiger", "emoji", 3, 1, 1, float("nan"), 0, 3], "seed must be a whole number, got nan"),  # was null
+    (["cat\ud800", "tiger", "emoji", 3, 1, 1, 0, 0, 3], "prompt A is not valid text"),
+    (["leopard", "tiger", "../../etc/passwd", 3, 1, 1, 0, 0, 3], "unknown model '../../etc/passwd'"),
+])
+def test_raw_http_calls_get_the_clear_message(served, capfd, data, message):
+    kind, payload = call_api(served, "conjure", data)
+    assert kind == "error" and payload["error"] is not None and payload["error"].startswith(message), payload
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_raw_http_calls_to_the_matrix_get_the_clear_message(served):
+    kind, payload = call_api(served, "matrix", ["leopard\ncheetah", "emoji", "ten", 1, 1, 0, 0])
+    assert kind == "error" and payload["error"] == "steps must be a whole number, got 'ten'"
+
+
+def test_the_server_takes_no_uploads_and_lists_only_the_two_runs(served):
+    import httpx
+
+    small = httpx.post(f"{served}gradio_api/upload", files={"files": ("small.txt", b"x" * 100)}, timeout=30)
+    big = httpx.post(f"{served}gradio_api/upload", files={"files": ("big.bin", b"\0" * 20_000_000)}, timeout=30)
+    assert small.status_code == 200 and big.status_code == 413 and "maximum allowed size" in big.text
+    info = httpx.get(f"{served}gradio_api/info", timeout=30).json()
+    assert sorted(info["named_endpoints"]) == ["/conjure", "/matrix"] and not info["unnamed_endpoints"]

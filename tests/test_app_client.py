@@ -54,14 +54,14 @@ def test_api_streams_steps_in_order_and_ends_with_animated_gifs(client):
     step_numbers = [int(re.match(r"\*\*Step (\d+)/", o[OUT["status"]]).group(1)) for o in step_outputs]
     assert step_numbers == list(range(1, steps + 1))
     plots = [plot_data(o[OUT["plot"]]) for o in step_outputs]
-    assert [len(p["data"]) for p in plots] == [3 * i for i in range(1, steps + 1)]  # 3 curves, one point per step
+    assert [len(p["data"]) for p in plots] == [2 * i for i in range(1, steps + 1)]  # 2 curves, one point per step
     for o in step_outputs:
         with Image.open(file_path(o[OUT["image_a"]])) as a, Image.open(file_path(o[OUT["image_b"]])) as b:
             assert a.size == b.size == (32, 32)
 
     # The final result is complete on its own: the score, the baseline, the plot and the files.
     assert final[OUT["details"]]["jeffreys"] > 0 and -1 <= final[OUT["details"]]["text_similarity"] <= 1
-    assert len(plot_data(final[OUT["plot"]])["data"]) == 3 * steps
+    assert len(plot_data(final[OUT["plot"]])["data"]) == 2 * steps
 
     # The score comes before the GIFs, and the GIFs come last.
     assert any(isinstance(o[OUT["result"]], str) and "Jeffreys divergence" in o[OUT["result"]] for o in outputs)
@@ -88,3 +88,51 @@ def test_api_refuses_bad_input_and_keeps_serving(client):
     final = client.predict("sun", "moon", api_name="/conjure", steps=2, stages=2)
     with Image.open(file_path(final[OUT["morph_gif"]])) as gif:
         assert gif.n_frames == 2
+
+
+# --- "Compare many": the `/matrix` API ---------------------------------------------------------------
+
+MATRIX_OUTPUTS = ("matrix_status", "matrix_heatmap", "matrix_text_heatmap", "matrix_map", "matrix_neighbours",
+                  "matrix_details", "matrix_csv", "matrix_heatmap_png", "matrix_map_png")
+MOUT = {name: i for i, name in enumerate(MATRIX_OUTPUTS)}
+
+
+def test_matrix_api_needs_only_the_phrases(client):
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/matrix"]
+    params = api["parameters"]
+    assert params[0]["parameter_name"] == "phrases" and not params[0]["parameter_has_default"]
+    assert all(p["parameter_has_default"] for p in params[1:])
+    assert len(api["returns"]) == len(MATRIX_OUTPUTS)
+
+
+def test_matrix_api_streams_progress_and_ends_with_the_matrix_and_the_files(client):
+    job = client.submit("leopard\ncheetah\nleopard\n\nzebra", api_name="/matrix", steps=2)
+    final = job.result(timeout=300)
+    outputs = job.outputs()
+
+    statuses = [o[MOUT["matrix_status"]] for o in outputs if isinstance(o[MOUT["matrix_status"]], str)]
+    assert any(s.startswith("**Scoring pairs") for s in statuses)  # the progress line while pairs are scored
+    assert final[MOUT["matrix_status"]].startswith("**Done: 3 phrases, 3 pairs")
+
+    details = final[MOUT["matrix_details"]]
+    assert details["phrases"] == ["leopard", "cheetah", "zebra"] and details["duplicates"] == ["leopard"]
+    j = details["jeffreys"]
+    assert all(j[i][i] == 0 for i in range(3))
+    assert all(j[i][k] == j[k][i] > 0 for i in range(3) for k in range(3) if i != k)
+    assert "| leopard |" in final[MOUT["matrix_neighbours"]]
+    with open(file_path(final[MOUT["matrix_csv"]]), encoding="utf-8") as csv:
+        assert csv.readline().strip() == "jeffreys,leopard,cheetah,zebra"
+    for name in ("matrix_heatmap", "matrix_text_heatmap", "matrix_map", "matrix_heatmap_png", "matrix_map_png"):
+        with Image.open(file_path(final[MOUT[name]])) as image:
+            assert image.width > 300, name
+
+
+def test_matrix_api_refuses_bad_input_and_keeps_serving(client):
+    with pytest.raises(gradio_client.exceptions.AppError, match="at least two different phrases"):
+        client.predict("tiger\n\ntiger", api_name="/matrix", steps=2)
+    with pytest.raises(gradio_client.exceptions.AppError, match="the limit is"):
+        client.predict("\n".join(f"phrase {i}" for i in range(11)), api_name="/matrix", steps=2)
+    with pytest.raises(gradio_client.exceptions.AppError):
+        client.predict("sun\nmoon", api_name="/matrix", model="/etc", steps=2)
+    final = client.predict("sun\nmoon", api_name="/matrix", steps=1)
+    assert final[MOUT["matrix_details"]]["phrases"] == ["sun", "moon"]

@@ -25,16 +25,23 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-backgroun
 
 
 @pytest.fixture(scope="module")
-def page():
+def browser():
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium chromium-driver (.ci/run does)")
-    url = running_app()
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
-        page.goto(url)
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page per test, as a new visitor sees it: no test depends on what another left open."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page.goto(running_app())
+    page.locator("#run").wait_for(state="visible")
+    yield page
+    page.close()
 
 
 def set_number(page, elem_id: str, value: int):
@@ -73,7 +80,6 @@ def test_stop_cancels_the_run_within_a_step(page):
     page.wait_for_timeout(max(5 * seconds_per_step, 1) * 1000)  # long enough for 5 more steps
     assert current_step(page) - stopped_at <= 2  # the step under way, and one in flight to the browser
     assert current_step(page) < steps and "Done" not in page.locator("#status").inner_text()
-    page.get_by_text("Advanced").click()  # closed again for the next test
 
 
 def test_type_run_watch_and_download(page, tmp_path):
@@ -126,3 +132,33 @@ def test_type_run_watch_and_download(page, tmp_path):
         shutil.copy(shot, ROOT / "docs" / "app-screenshot.png")
         for path in saved.values():
             shutil.copy(path, ROOT / "docs" / path.name.replace("snow-leopard-vs-bengal-tiger", "example"))
+
+
+def test_compare_many_tab(page, tmp_path):
+    steps = int(os.environ.get("CONJURE_BROWSER_STEPS", "4"))
+    page.get_by_role("tab", name="Compare many").click()
+    page.locator("#matrix-phrases textarea").fill("leopard\ncheetah\ntiger\nzebra")
+    page.locator("#matrix-settings").get_by_text("Settings", exact=True).first.click()
+    set_number(page, "matrix-steps", steps)
+    page.locator("#matrix-run").click()
+
+    # The heatmap and the map are drawn, the neighbours listed, and the status says it is done.
+    page.locator("#matrix-status").get_by_text("Done: 4 phrases, 6 pairs").wait_for(timeout=240_000)
+    for elem_id in ("matrix-heatmap", "matrix-text-heatmap", "matrix-map"):
+        page.locator(f"#{elem_id} img").first.wait_for(timeout=60_000)
+        assert page.locator(f"#{elem_id} img").first.get_attribute("src"), elem_id
+    assert "nearest by the words" in page.locator("#matrix-neighbours").inner_text()
+
+    download_button = page.locator("#matrix-csv")
+    download_button.wait_for(state="visible", timeout=60_000)
+    with page.expect_download() as info:
+        download_button.click()
+    csv = tmp_path / info.value.suggested_filename
+    info.value.save_as(csv)
+    lines = csv.read_text(encoding="utf-8").splitlines()
+    assert csv.name == "conjure-4-phrases-jeffreys.csv" and len(lines) == 5
+    assert lines[0] == "jeffreys,leopard,cheetah,tiger,zebra"
+
+    if os.environ.get("CONJURE_UPDATE_DOCS"):
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(ROOT / "docs" / "app-matrix-screenshot.png"), full_page=True)

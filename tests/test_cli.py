@@ -124,3 +124,201 @@ def test_morph_without_ffmpeg_says_so_before_any_model_work(monkeypatch, capsys,
     err = capsys.readouterr().err
     assert f"cannot write {tmp_path / 'm.mp4'}: ffmpeg is not available" in err and "Traceback" not in err
     assert not list(tmp_path.iterdir())
+
+
+# --- bad input: one line, a non-zero exit, before any model work where it can be (issue 13) ---------------
+
+@pytest.fixture
+def emoji_once(monkeypatch):
+    """conjure.load_model returns the embedded model loaded once, checking its arguments as the real one does."""
+    model = conjure.load_model("emoji")
+    real = conjure.load_model
+    monkeypatch.setattr(conjure, "load_model", lambda name=None, **kw: model if kw.get("device") is None and
+                        name in (None, "emoji", model) else real(name, **kw))
+    return model
+
+
+def error_line(capsys) -> str:
+    """The CLI's stderr must end in one `error: ...` line and hold no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: "), err
+    return last
+
+
+@pytest.fixture
+def pairs_file(tmp_path):
+    def make(lines, name="pairs.tsv"):
+        path = tmp_path / name
+        path.write_bytes(lines if isinstance(lines, bytes) else "".join(f"{a}\t{b}\n" for a, b in lines).encode())
+        return str(path)
+
+    return make
+
+
+PAIRS = [("a cat", "a dog"), ("a car", "a bus"), ("the sun", "the moon"), ("a tree", "a house"),
+         ("an apple", "a pear"), ("a fish", "a bird")]
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["score", "a", "b", "--seed", "18446744073709551616"], {}, "seed must be a whole number from 0 to 2**64 - 1"),
+    (["score", "a", "b", "--size", "100000"], {}, "this run would need about"),  # tried to allocate 120 GB
+    (["score", "a", "b", "--samples", "1000"], {"CONJURE_MAX_MEMORY_GB": "16"},
+     "more than the 16 GB allowed (CONJURE_MAX_MEMORY_GB); lower --samples or --size"),
+    (["score", "a", "b", "--device", "quantum"], {}, "unknown device 'quantum'; use auto, cpu, cuda, cuda:N or mps"),
+    (["score", "\x00", "b"], {}, "prompt A is empty: it holds only control or invisible characters (U+0000)"),
+    (["score", "a", "𓀀"], {}, "prompt B is empty to the model: MiniLM (all-MiniLM-L6-v2) reads nothing of '𓀀'"),
+    (["score", "a", "b", "--batch-size", "0"], {}, "--batch-size must be a positive integer"),
+    (["score", "a", "b", "--batch-size", "-3"], {}, "--batch-size must be a positive integer"),
+])
+def test_bad_input_gets_one_line_and_exit_2(emoji_once, capsys, monkeypatch, args, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(args) == 2
+    assert message in error_line(capsys)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_on_a_cpu_only_torch_gets_one_line(capsys):
+    assert main(["score", "a", "b", "--device", "cuda"]) == 2
+    assert "device 'cuda' is not available: this torch was built without CUDA" in error_line(capsys)
+
+
+def test_a_batch_too_large_for_memory_is_refused_before_scoring(emoji_once, capsys, monkeypatch, pairs_file):
+    monkeypatch.setenv("CONJURE_MAX_MEMORY_GB", "4")
+    monkeypatch.setattr(conjure, "score_pairs", lambda *a, **k: pytest.fail("scored"))
+    pairs = pairs_file([(f"a cat {i}", f"a dog {i}") for i in range(2000)])
+    assert main(["score", "--pairs", pairs, "--batch-size", "2000"]) == 2
+    line = error_line(capsys)
+    assert "2000 pairs x k = 1 sample x 4 model evaluations at 32 px" in line
+    assert "more than the 4 GB allowed (CONJURE_MAX_MEMORY_GB); lower --samples, --batch-size or --size" in line
+
+
+def test_out_of_memory_during_a_run_says_what_to_lower(emoji_once, capsys, monkeypatch):
+    import torch
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(type(emoji_once), "predict_noise", out_of_memory)
+    assert main(["score", "a", "b"]) == 2
+    assert "out of memory during the run: lower samples (k), the batch size or the image size" in error_line(capsys)
+
+
+def test_an_unexpected_error_is_one_line_too(emoji_once, capsys, monkeypatch):
+    monkeypatch.setattr(conjure, "score", lambda *a, **k: (_ for _ in ()).throw(ValueError("boom\nmore")))
+    assert main(["score", "a", "b"]) == 1
+    assert error_line(capsys) == "error: ValueError: boom (unexpected; CONJURE_DEBUG=1 shows the traceback)"
+
+
+@pytest.mark.parametrize("content, message", [
+    (bytes(range(256)) * 4, "pairs.tsv:2: not UTF-8 text (byte 0x80)"),  # was a UnicodeDecodeError
+    (b"a cat\ta dog\n\xff\xfe\tx\n", "pairs.tsv:2: not UTF-8 text (byte 0xff)"),
+    (b'a cat\ta dog\n{"text_a": 5, "text_b": "x"}\n', "pairs.tsv:2: prompt A must be a string, got int"),
+    (b"a cat\t\x00\n", "pairs.tsv:1: prompt B is empty: it holds only control or invisible characters"),
+    (b"a cat\t\xf0\x93\x80\x80\n", "prompt B on line 1 of"),  # an Egyptian hieroglyph: [UNK] only
+])
+def test_a_bad_pairs_file_gets_one_line(emoji_once, capsys, pairs_file, content, message):
+    assert main(["score", "--pairs", pairs_file(content)]) == 2
+    assert message in error_line(capsys)
+
+
+@pytest.mark.parametrize("output, message", [
+    ("{tmp}/no/such/folder/out.jsonl", "cannot write {tmp}/no/such/folder/out.jsonl: no folder {tmp}/no/such/folder"),
+    ("{tmp}", "cannot write {tmp}: it is a folder"),
+    ("{tmp}/garbage.bin", "garbage.bin exists and is not a JSONL file of conjure results"),
+    ("{tmp}/other.jsonl", "other.jsonl exists and is not a JSONL file of conjure results, so it cannot be resumed"),
+])
+def test_the_output_is_checked_before_any_model_work(capsys, monkeypatch, tmp_path, pairs_file, output, message):
+    (tmp_path / "garbage.bin").write_bytes(bytes(range(256)))
+    (tmp_path / "other.jsonl").write_text('{"name": "not a result"}\n')
+    monkeypatch.setattr(conjure, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    assert main(["score", "--pairs", pairs_file(PAIRS), "-o", output.format(tmp=tmp_path)]) == 2
+    assert message.format(tmp=tmp_path) in error_line(capsys)
+
+
+def test_a_single_score_into_a_missing_folder_fails_before_scoring(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(conjure, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    assert main(["score", "a", "b", "--json", "-o", str(tmp_path / "missing" / "r.json")]) == 2
+    assert "no folder" in error_line(capsys)
+
+
+def test_bad_input_never_shows_a_traceback_from_the_command_line(tmp_path):
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(bytes(range(256)) * 100)
+    for args in (["score", "a", "b", "--seed", "18446744073709551616"], ["score", "a", "b", "--device", "quantum"],
+                 ["score", "--pairs", str(garbage)]):
+        out = run_cli(*args)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_emoji_only_prompts_score_by_their_meaning(emoji_once, capsys):
+    assert main(["score", "🐯🐆🔥", "🦁", "--steps", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["jeffreys"] > 0 and result["rewritten"] == ["tiger face leopard fire", "lion"]
+    assert main(["score", "🐯🐆🔥", "🦁", "--steps", "2"]) == 0
+    assert "prompt B read as     'lion' (emoji as words)" in capsys.readouterr().out
+
+
+# --- score --pairs -o: every batch written as it finishes, and a rerun resumes -------------------------------
+
+def score_file(pairs, output, *extra):
+    return main(["score", "--pairs", pairs, "-o", str(output), "--steps", "2", "--batch-size", "2", *extra])
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_pairs_stream_to_the_output_and_a_rerun_resumes(emoji_once, capsys, monkeypatch, tmp_path, pairs_file):
+    pairs = pairs_file(PAIRS)
+    whole = tmp_path / "whole.jsonl"
+    assert score_file(pairs, whole) == 0
+    assert [(r["text_a"], r["text_b"]) for r in read_jsonl(whole)] == PAIRS
+
+    real, calls = conjure.score_pairs, []
+
+    def killed_at_the_third_batch(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # a kill: nothing after this point runs
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(conjure, "score_pairs", killed_at_the_third_batch)
+    out = tmp_path / "resumed.jsonl"
+    assert score_file(pairs, out) == 130
+    assert len(read_jsonl(out)) == 4  # the two finished batches were on disk before the kill
+    monkeypatch.setattr(conjure, "score_pairs", real)
+    capsys.readouterr()
+    assert score_file(pairs, out) == 0
+    assert "4 of 6 pairs already scored there, skipped; scoring the other 2" in capsys.readouterr().err
+    resumed, expected = read_jsonl(out), read_jsonl(whole)
+    assert [(r["text_a"], r["text_b"], r["jeffreys"]) for r in resumed] == \
+           [(r["text_a"], r["text_b"], r["jeffreys"]) for r in expected]
+
+    assert score_file(pairs, out) == 0  # nothing left to do
+    assert "6 of 6 pairs already scored there, skipped; scoring the other 0" in capsys.readouterr().err
+    assert len(read_jsonl(out)) == 6
+
+    assert score_file(pairs, out, "--steps", "3") == 0  # other settings: scored again, the earlier results kept
+    assert "0 of 6 pairs already scored there" in capsys.readouterr().err
+    assert [r["settings"]["steps"] for r in read_jsonl(out)] == [2] * 6 + [3] * 6
+
+
+def test_a_line_torn_by_a_kill_is_scored_again(emoji_once, capsys, tmp_path, pairs_file):
+    pairs = pairs_file(PAIRS[:3])
+    out = tmp_path / "out.jsonl"
+    assert score_file(pairs, out) == 0
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text(lines[0] + lines[1][: len(lines[1]) // 2])  # killed in the middle of writing the second line
+    assert score_file(pairs, out) == 0
+    assert "1 of 3 pairs already scored there, skipped; scoring the other 2" in capsys.readouterr().err
+    assert [(r["text_a"], r["text_b"]) for r in read_jsonl(out)] == PAIRS[:3]
+
+
+def test_calibrate_checks_its_output_before_scoring(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(conjure, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    assert main(["calibrate", "-o", str(tmp_path / "missing" / "calibration.json")]) == 2
+    assert f"no folder {tmp_path / 'missing'}" in error_line(capsys)

@@ -1,6 +1,7 @@
 """The embedded OpenMoji model: loads offline, carries meaning, survives odd prompts."""
 
 import json
+import math
 import warnings
 
 import pytest
@@ -52,7 +53,7 @@ def test_odd_prompts_work(emoji_model, prompt):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         r = conjure.score(emoji_model, prompt, "a tiger", steps=3)
-    assert r.jeffreys >= 0
+    assert math.isfinite(r.jeffreys) and r.jeffreys > 0  # a different prompt: a positive, finite divergence
     if len(prompt) > 1000:  # a 2,000-character paragraph is cut to the encoder's 64 tokens, visibly
         assert r.truncated == [True, False]
         assert any(issubclass(w.category, conjure.PromptTruncatedWarning) for w in caught)

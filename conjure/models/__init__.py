@@ -52,7 +52,10 @@ def default_model() -> str:
 
 
 def pick_device(device: str | None = None) -> torch.device:
-    if device and device != "auto":
+    """The device asked for, if this machine has it (else a ConjureError); by default the best available."""
+    from conjure.validation import check_device
+
+    if check_device(device) not in (None, "auto"):
         return torch.device(device)
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -65,6 +68,8 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
     """fp16 on a GPU, fp32 on a CPU, unless asked otherwise."""
     if isinstance(dtype, torch.dtype):
         return dtype
+    if dtype is not None and not isinstance(dtype, str):
+        raise ConjureError(f"dtype must be a name such as 'float32' or a torch.dtype, got {type(dtype).__name__}")
     if dtype in (None, "auto"):
         return torch.float16 if device.type in ("cuda", "mps") else torch.float32
     names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -98,6 +103,9 @@ def load_model(model=None, device: str | None = None, dtype: str | torch.dtype |
     object, or an object that already implements the model interface (returned as is).
     Weights load as safetensors only and no remote code is ever run.
     """
+    from conjure.validation import check_model_argument
+
+    model = check_model_argument(model)  # None, a name or path, a pipeline or a model; else a ConjureError
     if model is None:
         model = default_model()
     if hasattr(model, "predict_noise"):

@@ -21,6 +21,7 @@ class Conditioning:
 
     tensors: dict[str, torch.Tensor]
     truncated: list[bool] = field(default_factory=list)
+    rewritten: list[str | None] = field(default_factory=list)  # the text read where it differs from the prompt
 
     def __len__(self) -> int:
         return len(next(iter(self.tensors.values())))
@@ -33,7 +34,8 @@ class Conditioning:
     def cat(parts: list["Conditioning"]) -> "Conditioning":
         keys = parts[0].tensors.keys()
         return Conditioning(
-            {k: torch.cat([p.tensors[k] for p in parts]) for k in keys}, [t for p in parts for t in p.truncated]
+            {k: torch.cat([p.tensors[k] for p in parts]) for k in keys}, [t for p in parts for t in p.truncated],
+            [r for p in parts for r in (p.rewritten or [None] * len(p))],
         )
 
 
@@ -51,7 +53,8 @@ class DiffusionModel(Protocol):
     text_encoder_name: str  # whose embedding `text_embedding` returns, for the "what the words say" baseline
 
     def encode(self, prompts: list[str]) -> "Conditioning":
-        """One conditioning row per prompt; `truncated` says which prompts the text encoder cut."""
+        """One conditioning row per prompt; `truncated` says which prompts the text encoder cut, and `rewritten`
+        (optional) the text read where it differs (emoji the tokenizer cannot read, as words: conjure.text)."""
 
     def encode_null(self) -> "Conditioning":
         """The unconditional prompt's row, for classifier-free guidance."""

@@ -60,7 +60,7 @@ class PixelModel:
         pooled = out.pooled * self.pooled_scale
         return Conditioning(
             {"tokens": out.tokens.to(self.dtype), "mask": out.mask.bool(), "pooled": pooled.to(self.dtype)},
-            out.truncated,
+            out.truncated, out.rewritten,
         )
 
     def encode_null(self) -> Conditioning:

@@ -15,6 +15,7 @@ import torch
 
 from conjure.errors import PromptTruncatedWarning
 from conjure.models.base import Conditioning, to_epsilon, to_uint8
+from conjure.text import prepare
 
 # Linear latent -> RGB approximations (as used by common SD UIs for live previews).
 SD_LATENT_RGB = torch.tensor(
@@ -65,9 +66,10 @@ class StableDiffusionModel:
     # --- text -------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> Conditioning:
+        prompts, rewritten = prepare(self.pipe.tokenizer, prompts)  # emoji the tokenizer cannot read, as words
         truncated = warn_if_truncated(self.pipe.tokenizer, prompts)
         embeds, _ = self.pipe.encode_prompt(prompts, self.device, 1, False)
-        return Conditioning({"prompt_embeds": embeds}, truncated)
+        return Conditioning({"prompt_embeds": embeds}, truncated, rewritten)
 
     @torch.no_grad()
     def encode_null(self) -> Conditioning:
@@ -77,7 +79,7 @@ class StableDiffusionModel:
     def text_embedding(self, prompts: list[str]) -> torch.Tensor:
         """CLIP's pooled sentence embedding (the EOS token after the final layer norm)."""
         tok = self.pipe.tokenizer(
-            prompts, padding="max_length", truncation=True, max_length=self.pipe.tokenizer.model_max_length, return_tensors="pt"
+            prepare(self.pipe.tokenizer, prompts)[0], padding="max_length", truncation=True, max_length=self.pipe.tokenizer.model_max_length, return_tensors="pt"
         )
         return self.pipe.text_encoder(tok.input_ids.to(self.device))[1].float().cpu()
 
@@ -123,11 +125,12 @@ class StableDiffusionXLModel(StableDiffusionModel):
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> Conditioning:
         tokenizer = self.pipe.tokenizer or self.pipe.tokenizer_2
+        prompts, rewritten = prepare(tokenizer, prompts)
         truncated = warn_if_truncated(tokenizer, prompts)
         embeds, _, pooled, _ = self.pipe.encode_prompt(
             prompts, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
         )
-        return Conditioning({"prompt_embeds": embeds, "pooled": pooled}, truncated)
+        return Conditioning({"prompt_embeds": embeds, "pooled": pooled}, truncated, rewritten)
 
     @torch.no_grad()
     def encode_null(self) -> Conditioning:

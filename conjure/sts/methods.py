@@ -98,6 +98,7 @@ def model_identity(model) -> dict:
         "text_max_tokens": text_max_tokens(model),
         "null_prompt": getattr(model, "null_prompt", None),
         "pooled_scale": getattr(model, "pooled_scale", None),  # pixel models: scales the conditioning
+        "prompt_rewriting": "emoji-as-words-1",  # conjure.text: emoji become their names before encoding
     }
 
 

@@ -1,0 +1,285 @@
+"""Many phrases at once: the N x N Jeffreys matrix, nearest neighbours, a ranking, and a 2-D map of meanings.
+
+    import conjure
+    m = conjure.similarity_matrix(model, ["leopard", "cheetah", "tiger", "house cat", "lion", "zebra"])
+    m.jeffreys            # (N, N) Jeffreys divergences, zero diagonal, symmetric
+    m.text_cosine         # (N, N) the text encoder's cosine similarities, for comparison
+    m.images              # (N, H, W, 3) uint8: the image each phrase conjures
+    m.nearest()           # [(phrase, nearest phrase, divergence), ...]
+    m.mds()               # (N, 2) coordinates of the map of meanings
+    conjure.rank(model, "leopard", ["cheetah", "zebra", "house cat"])   # JeffreysResults, most alike first
+
+Every unordered pair {i, j}, i < j, is scored once by the estimator (`conjure.jeffreys.jeffreys_steps`),
+`batch_size` pairs per batched model call per sampler step, so the matrix costs what `score_pairs` costs
+for the same N(N-1)/2 pairs. Trajectory A of pair (i, j) runs under phrase i, trajectory B under phrase j,
+so kl[i, j] = KL(P_i || P_j) and kl[j, i] = KL(P_j || P_i) come from the same pair.
+
+The image of a phrase is the final state (noise sample 0) of that phrase's own trajectory in the first
+pair that holds it: trajectory A, or B for the last phrase. Every trajectory under a phrase starts from the
+same noise and draws the same step noise, whatever the other phrase is, so this is the image
+`conjure.sample(model, [phrase], **settings)[0, 0]` draws (up to the float rounding of batching), at no
+extra cost.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from conjure import validation
+from conjure.errors import ConjureError
+from conjure.jeffreys import JeffreysResult, Settings, check_prompt, check_settings, jeffreys_steps, summarize
+
+
+def distinct_phrases(phrases: Iterable[str]) -> tuple[list[str], list[str]]:
+    """The phrases, stripped, empty ones dropped and repeats kept once (first place), and the repeated phrases.
+
+    Raises ConjureError for anything that is not text: a non-string, or a string that cannot be
+    written as UTF-8 (lone surrogates: undecodable bytes on a command line).
+    """
+    if isinstance(phrases, str) or not isinstance(phrases, Iterable):
+        raise ConjureError(f"give the phrases as a list of strings, not {type(phrases).__name__}")
+    kept: list[str] = []
+    seen: set[str] = set()
+    repeated: list[str] = []
+    for n, text in enumerate(phrases, 1):
+        if not isinstance(text, str):
+            raise ConjureError(f"phrase {n} must be a string, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConjureError(f"phrase {n} is not valid text (undecodable bytes?): "
+                               f"{text.encode('utf-8', 'backslashreplace').decode()[:60]!r}") from None
+        text = text.strip()
+        if not text:
+            continue
+        if text in seen:
+            if text not in repeated:
+                repeated.append(text)
+            continue
+        seen.add(text)
+        kept.append(text)
+    return kept, repeated
+
+
+def classical_mds(squared: np.ndarray, dims: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Classical (Torgerson) MDS: coordinates whose squared Euclidean distances best fit `squared`.
+
+    B = -1/2 J S J with J = I - 11^T/N (double centring); the coordinates are the top `dims`
+    eigenvectors of B scaled by the square roots of their eigenvalues. Negative eigenvalues (a
+    non-Euclidean input) are dropped. Each axis is signed so that its largest coordinate is
+    positive, so the same input always gives the same picture. Returns (N, dims) coordinates and
+    all eigenvalues of B, largest first.
+    """
+    s = np.asarray(squared, dtype=np.float64)
+    n = len(s)
+    centre = np.eye(n) - np.full((n, n), 1.0 / n)
+    b = -0.5 * centre @ s @ centre
+    values, vectors = np.linalg.eigh((b + b.T) / 2)
+    order = np.argsort(values)[::-1]
+    values, vectors = values[order], vectors[:, order]
+    coords = np.zeros((n, dims))
+    use = min(dims, n)
+    coords[:, :use] = vectors[:, :use] * np.sqrt(np.clip(values[:use], 0.0, None))
+    for d in range(use):
+        if coords[np.argmax(np.abs(coords[:, d])), d] < 0:
+            coords[:, d] *= -1
+    return coords, values
+
+
+@dataclass
+class MatrixResult:
+    phrases: list[str]  # the N distinct phrases, in the order given (stripped, empty lines and repeats dropped)
+    jeffreys: np.ndarray  # (N, N) Jeffreys divergence D_J (nats), symmetric, zero diagonal
+    kl: np.ndarray  # (N, N) kl[i, j] = KL(P_i || P_j), along trajectories sampled under phrase i
+    stderr: np.ndarray | None  # (N, N) standard error of D_J over the k noise samples; None for k = 1
+    text_cosine: np.ndarray  # (N, N) cosine similarity of the model's own text embeddings (1 on the diagonal)
+    images: np.ndarray  # (N, H, W, 3) uint8: the final image of each phrase's own trajectory (see the module doc)
+    percentile: np.ndarray | None  # (N, N) % of random everyday pairs farther apart; None without a calibration
+    duplicates: list[str]  # phrases given more than once: scored once, shown once
+    truncated: list[bool]  # per phrase: cut to the text encoder's limit
+    settings: dict  # the estimator settings (conjure.Settings as a dict)
+    model: str
+    seconds: float  # wall time of the whole matrix: scoring, images, text encoder and percentiles
+    pair_results: list[JeffreysResult] = field(default_factory=list, repr=False)  # pair (i, j), i < j, row by row
+
+    @property
+    def pairs(self) -> int:
+        return len(self.phrases) * (len(self.phrases) - 1) // 2
+
+    def nearest(self, by: str = "jeffreys") -> list[tuple[str, str, float]]:
+        """For each phrase, (phrase, its nearest other phrase, the value): the smallest divergence,
+        or with by="text" the largest text-encoder cosine."""
+        if by not in ("jeffreys", "text"):
+            raise ConjureError(f"nearest(by=...) is 'jeffreys' or 'text', got {by!r}")
+        values = self.jeffreys if by == "jeffreys" else -self.text_cosine
+        out = []
+        for i, phrase in enumerate(self.phrases):
+            others = np.where(np.arange(len(self.phrases)) == i, np.inf, values[i])
+            j = int(np.argmin(others))
+            out.append((phrase, self.phrases[j], float(self.jeffreys[i, j] if by == "jeffreys" else self.text_cosine[i, j])))
+        return out
+
+    def mds(self, dims: int = 2) -> np.ndarray:
+        """(N, dims) coordinates of the map of meanings: classical MDS with D_J as the squared distance.
+
+        That is, sqrt(D_J) is the distance being drawn. D_J is a divergence, not a metric (the triangle
+        inequality can fail), but it grows like a squared distance: between nearby processes a KL is
+        half a squared (Fisher) length, and on a Gaussian model (x0 ~ N(m_y, I)) D_J is exactly
+        c ||m_a - m_b||^2, so the map recovers the means' layout. The part of the input that no
+        Euclidean layout can show appears as negative eigenvalues, which are dropped (see `mds_share`).
+        """
+        return classical_mds(self.jeffreys, dims)[0]
+
+    def mds_share(self, dims: int = 2) -> float:
+        """The share of the positive MDS spectrum that the first `dims` axes show (1 = the map is exact)."""
+        values = classical_mds(self.jeffreys, dims)[1]
+        positive = values[values > 0]
+        return float(positive[:dims].sum() / positive.sum()) if positive.sum() > 0 else 1.0
+
+    def to_dict(self) -> dict:
+        """Everything but the images, as JSON-ready lists."""
+        listed = lambda a: None if a is None else np.asarray(a).tolist()  # noqa: E731
+        return {
+            "phrases": self.phrases, "jeffreys": listed(self.jeffreys), "kl": listed(self.kl),
+            "stderr": listed(self.stderr), "text_cosine": listed(self.text_cosine), "percentile": listed(self.percentile),
+            "duplicates": self.duplicates, "truncated": self.truncated,
+            "nearest": [{"phrase": p, "nearest": q, "jeffreys": v} for p, q, v in self.nearest()],
+            "nearest_by_text": [{"phrase": p, "nearest": q, "cosine": v} for p, q, v in self.nearest("text")],
+            "mds": listed(self.mds()), "mds_share": self.mds_share(),
+            "pairs": self.pairs, "settings": self.settings, "model": self.model, "seconds": self.seconds,
+        }
+
+    def to_csv(self, which: str = "jeffreys") -> str:
+        """The square matrix as CSV: a header row of phrases, then one row per phrase (full precision)."""
+        values = {"jeffreys": self.jeffreys, "kl": self.kl, "text_cosine": self.text_cosine,
+                  "percentile": self.percentile}.get(which)
+        if values is None:
+            raise ConjureError(f"no {which!r} matrix (jeffreys, kl, text_cosine, or percentile with a calibration)")
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow([which, *self.phrases])
+        for phrase, row in zip(self.phrases, np.asarray(values)):
+            writer.writerow([phrase, *(repr(float(v)) for v in row)])
+        return out.getvalue()
+
+
+@dataclass
+class MatrixProgress:
+    """One sampler step of one batch of pairs; the last event carries the result."""
+
+    pairs_done: int  # pairs finished before this batch
+    pairs: int  # N(N-1)/2
+    batch: int  # 1-based
+    batches: int
+    step: int  # sampler step within the batch, 1-based
+    steps: int
+    result: MatrixResult | None = None
+
+
+@validation.reports_out_of_memory
+def matrix_steps(model, phrases: Sequence[str], *, batch_size: int = 8, **settings) -> Iterator[MatrixProgress]:
+    """Score every pair of distinct phrases, yielding after each sampler step (so a UI can report and stop)."""
+    from conjure import calibration
+    from conjure.models import load_model
+
+    start = time.perf_counter()
+    model, s = load_model(model), validation.make_settings(Settings, settings)
+    batch_size = validation.check_batch_size(batch_size)
+    phrases, duplicates = distinct_phrases(phrases)
+    if len(phrases) < 2:
+        only = f" (only {phrases[0]!r})" if phrases else ""
+        raise ConjureError(f"a matrix needs at least two different phrases{only}")
+    check_settings(model, s)
+    phrases = [check_prompt(p, str(i), model) for i, p in enumerate(phrases, 1)]  # every one, before any is scored
+    n = len(phrases)
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    validation.check_memory(model, s, min(batch_size, len(pairs)), decoded_images=n)
+    batches = [pairs[b : b + batch_size] for b in range(0, len(pairs), batch_size)]
+
+    jeffreys, kl, stderr = np.zeros((n, n)), np.zeros((n, n)), np.zeros((n, n))
+    final: dict[int, torch.Tensor] = {}  # phrase -> final state of its first trajectory, noise sample 0
+    truncated = [False] * n
+    pair_results: list[JeffreysResult] = []
+    done = 0
+    for number, batch in enumerate(batches, 1):
+        texts = [(phrases[i], phrases[j]) for i, j in batch]
+        started, steps = time.perf_counter(), []
+        for event in jeffreys_steps(model, texts, s):
+            if event.index == s.steps - 1:  # the last step's x0 is the final state
+                for p, (i, j) in enumerate(batch):
+                    for trajectory, phrase in ((0, i), (1, j)):
+                        if phrase not in final:
+                            final[phrase] = event.x0[p, trajectory, 0].detach().clone()
+            steps.append(replace(event, x0=None, eps_gap=None))
+            yield MatrixProgress(done, len(pairs), number, len(batches), event.index + 1, s.steps)
+        results = summarize(texts, steps, (time.perf_counter() - started) / len(batch), s, model, steps[-1].truncated)
+        for (i, j), r in zip(batch, results):
+            jeffreys[i, j] = jeffreys[j, i] = r.jeffreys
+            kl[i, j], kl[j, i] = r.kl_ab, r.kl_ba
+            stderr[i, j] = stderr[j, i] = r.stderr if r.stderr is not None else math.nan
+            truncated[i] |= bool(r.truncated[0])
+            truncated[j] |= bool(r.truncated[1])
+        pair_results += results
+        done += len(batch)
+
+    images = model.decode(torch.stack([final[i] for i in range(n)]))
+    embeddings = torch.nn.functional.normalize(torch.as_tensor(model.text_embedding(phrases)).float().flatten(1), dim=1)
+    cosine = (embeddings @ embeddings.T).clamp(-1, 1).double().numpy()
+    np.fill_diagonal(cosine, 1.0)
+    percentile = None
+    found = calibration.find(model, s)
+    if found is not None:
+        reference = found.reference(s.weighting)
+        percentile = 100.0 * (len(reference) - np.searchsorted(reference, jeffreys, side="right")) / len(reference)
+        for r in pair_results:
+            r.percentile = found.percentile(r.jeffreys, s.weighting)
+    result = MatrixResult(
+        phrases=phrases, jeffreys=jeffreys, kl=kl, stderr=stderr if s.samples > 1 else None, text_cosine=cosine,
+        images=np.asarray(images), percentile=percentile, duplicates=duplicates, truncated=truncated,
+        settings=asdict(s), model=model.name, seconds=time.perf_counter() - start, pair_results=pair_results,
+    )
+    yield MatrixProgress(len(pairs), len(pairs), len(batches), len(batches), s.steps, s.steps, result)
+
+
+def similarity_matrix(model, phrases: Sequence[str], *, batch_size: int = 8, progress: bool = False,
+                      **settings) -> MatrixResult:
+    """The N x N Jeffreys matrix of distinct phrases, each pair scored once, `batch_size` pairs per model call.
+
+    Repeated phrases are scored once (listed in `duplicates`), empty ones dropped; fewer than two
+    different phrases is a ConjureError. `progress=True` shows a progress bar of pairs. Settings as
+    for `conjure.score` (steps, samples, guidance, seed, size, eta, weighting).
+    """
+    from tqdm.auto import tqdm
+
+    result = None
+    with tqdm(unit="pair", disable=not progress) as bar:
+        for event in matrix_steps(model, phrases, batch_size=batch_size, **settings):
+            bar.total = event.pairs
+            bar.n = event.pairs_done if event.result is None else event.pairs
+            bar.refresh()
+            result = event.result
+    return result
+
+
+def rank(model, query: str, candidates: Sequence[str], *, batch_size: int = 8, progress: bool = False,
+         **settings) -> list[JeffreysResult]:
+    """The candidates sorted by Jeffreys divergence from `query`, most alike first: one result per
+    distinct candidate (text_a = query, text_b = candidate; repeats and empty strings dropped)."""
+    import conjure
+
+    if not isinstance(query, str) or not query.strip():
+        raise ConjureError("the query is empty")
+    kept, _ = distinct_phrases(candidates)
+    if not kept:
+        raise ConjureError("no candidates to rank")
+    results = conjure.score_pairs(model, [(query.strip(), c) for c in kept], batch_size=batch_size,
+                                  progress=progress, **settings)
+    return sorted(results, key=lambda r: r.jeffreys)
