@@ -47,6 +47,14 @@ def test_rescaling_the_pooled_input_keeps_the_function():
     assert torch.equal(ema.shadow_params[index], weight)  # the EMA copy is rescaled alike
 
 
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """train.main sets torch's thread count for the whole process (--threads); give it back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_run(tmp_path):
     """A run folder whose dataset cache holds 6 random 32x32 images with real MiniLM captions."""
