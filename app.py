@@ -45,6 +45,25 @@ together), each phrase's nearest neighbour, and the same matrix from the text en
 """
 
 
+def estimator_controls(limits, defaults, models, default_model, prefix: str = ""):
+    """The model and estimator settings both tabs offer: model, steps, samples k, guidance, seed, image size."""
+    model = gr.Dropdown([(label, name) for name, label in models.items()], value=default_model, label="Model",
+                        elem_id=f"{prefix}model")
+    with gr.Row():
+        steps = gr.Slider(1, limits.max_steps, value=defaults["steps"], step=1, label="Sampler steps",
+                          elem_id=f"{prefix}steps")
+        samples = gr.Slider(1, limits.max_samples, value=defaults["samples"], step=1,
+                            label="Monte-Carlo samples k (noise draws averaged)", elem_id=f"{prefix}samples")
+        guidance = gr.Slider(1, h.MAX_GUIDANCE, value=defaults["guidance"], step=0.5,
+                             label="Guidance scale (1 = none)", elem_id=f"{prefix}guidance")
+    with gr.Row():
+        seed = gr.Number(defaults["seed"], label="Seed", precision=0, minimum=0, maximum=2**31 - 1,
+                         elem_id=f"{prefix}seed")
+        size = gr.Dropdown(h.size_choices(default_model), value=defaults["size"], label="Image size",
+                           allow_custom_value=True, elem_id=f"{prefix}size")
+    return model, steps, samples, guidance, seed, size
+
+
 def build_matrix_tab(limits, defaults, models, default_model) -> None:
     """The "Compare many" tab: phrases in, the Jeffreys matrix, the map and the neighbours out (`/matrix`)."""
     gr.Markdown(MATRIX_INTRO)
@@ -57,20 +76,8 @@ def build_matrix_tab(limits, defaults, models, default_model) -> None:
     gr.Examples([[h.MATRIX_EXAMPLE], ["a red apple\na green apple\na banana\na car\na bus\na bicycle"]],
                 inputs=[phrases], label="Try a set")
     with gr.Accordion("Settings", open=False, elem_id="matrix-settings"):
-        model = gr.Dropdown([(label, name) for name, label in models.items()], value=default_model, label="Model",
-                            elem_id="matrix-model")
-        with gr.Row():
-            steps = gr.Slider(1, limits.max_steps, value=defaults["steps"], step=1, label="Sampler steps",
-                              elem_id="matrix-steps")
-            samples = gr.Slider(1, limits.max_samples, value=defaults["samples"], step=1,
-                                label="Monte-Carlo samples k (noise draws averaged)", elem_id="matrix-samples")
-            guidance = gr.Slider(1, h.MAX_GUIDANCE, value=defaults["guidance"], step=0.5,
-                                 label="Guidance scale (1 = none)", elem_id="matrix-guidance")
-        with gr.Row():
-            seed = gr.Number(defaults["seed"], label="Seed", precision=0, minimum=0, maximum=2**31 - 1,
-                             elem_id="matrix-seed")
-            size = gr.Dropdown(h.size_choices(default_model), value=defaults["size"], label="Image size",
-                               allow_custom_value=True, elem_id="matrix-size")
+        model, steps, samples, guidance, seed, size = estimator_controls(limits, defaults, models, default_model,
+                                                                         prefix="matrix-")
 
     status = gr.Markdown("Type some phrases, one per line, and press **Run**.", elem_id="matrix-status")
     with gr.Row(equal_height=True):
@@ -115,20 +122,9 @@ def build_demo() -> gr.Blocks:
                 stop = gr.Button("Stop", variant="stop", elem_id="stop")
             gr.Examples(h.EXAMPLES, inputs=[prompt_a, prompt_b], label="Try a pair")
             with gr.Accordion("Advanced", open=False, elem_id="advanced"):
-                model = gr.Dropdown([(label, name) for name, label in models.items()], value=default_model,
-                                    label="Model", elem_id="model")
+                model, steps, samples, guidance, seed, size = estimator_controls(limits, defaults, models,
+                                                                                 default_model)
                 with gr.Row():
-                    steps = gr.Slider(1, limits.max_steps, value=defaults["steps"], step=1, label="Sampler steps",
-                                      elem_id="steps")
-                    samples = gr.Slider(1, limits.max_samples, value=defaults["samples"], step=1,
-                                        label="Monte-Carlo samples k (noise draws averaged)", elem_id="samples")
-                    guidance = gr.Slider(1, h.MAX_GUIDANCE, value=defaults["guidance"], step=0.5,
-                                         label="Guidance scale (1 = none)", elem_id="guidance")
-                with gr.Row():
-                    seed = gr.Number(defaults["seed"], label="Seed", precision=0, minimum=0, maximum=2**31 - 1,
-                                     elem_id="seed")
-                    size = gr.Dropdown(h.size_choices(default_model), value=defaults["size"], label="Image size",
-                                       allow_custom_value=True, elem_id="size")
                     stages = gr.Slider(2, limits.max_stages, value=defaults["stages"], step=1,
                                        label="Morph stages", elem_id="stages")
 
