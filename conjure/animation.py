@@ -102,10 +102,11 @@ def format_number(x: float) -> str:
 
 def draw_curves(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], per_step: dict, upto: int,
                 y_max: float) -> None:
-    """Per-step KL along A and along B, and the running Jeffreys total, for steps 1..upto, on fixed axes.
+    """The divergence each step adds along A and along B, for steps 1..upto, on fixed axes (as the app's plot).
 
     `per_step` has lists "kl_ab" and "kl_ba" over all steps; the axes span all steps and
-    0..y_max, so the curves grow frame by frame instead of rescaling.
+    0..y_max, so the curves grow frame by frame instead of rescaling. The running total is in the
+    frame's header, not on this axis, where it would dwarf the per-step terms.
     """
     left, top, right, bottom = box
     small = font(11)
@@ -129,8 +130,7 @@ def draw_curves(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], per_s
     draw.line([(px(upto), y1), (px(upto), y0)], fill=GRID, width=2)
 
     ab, ba = per_step["kl_ab"][:upto], per_step["kl_ba"][:upto]
-    total = np.cumsum((np.asarray(ab) + np.asarray(ba)) / 2).tolist()
-    for values, color, width in ((ab, COLOR_A, 2), (ba, COLOR_B, 2), (total, COLOR_TOTAL, 3)):
+    for values, color, width in ((ab, COLOR_A, 2), (ba, COLOR_B, 2)):
         points = [(px(s + 1), py(v)) for s, v in enumerate(values)]
         if len(points) > 1:
             draw.line(points, fill=color, width=width, joint="curve")
@@ -138,7 +138,7 @@ def draw_curves(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], per_s
             draw.ellipse([x - 2.5, y - 2.5, x + 2.5, y + 2.5], fill=color)
 
     legend_x = x0
-    for text, color in (("KL along A", COLOR_A), ("KL along B", COLOR_B), ("Jeffreys so far", COLOR_TOTAL)):
+    for text, color in (("KL added along A", COLOR_A), ("KL added along B", COLOR_B)):
         draw.rectangle([legend_x, top + 3, legend_x + 10, top + 11], fill=color)
         draw.text((legend_x + 14, top + 7), text, fill=INK, font=small, anchor="lm")
         legend_x += 24 + int(small.getlength(text))
@@ -147,8 +147,7 @@ def draw_curves(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], per_s
 def curve_limit(per_step: dict) -> float:
     """A y-axis limit that holds every curve of `draw_curves` at every step."""
     ab, ba = np.asarray(per_step["kl_ab"]), np.asarray(per_step["kl_ba"])
-    peak = max(float(np.max(ab, initial=0)), float(np.max(ba, initial=0)), float(np.sum(ab + ba) / 2))
-    return nice_ceiling(peak)
+    return nice_ceiling(max(float(np.max(ab, initial=0)), float(np.max(ba, initial=0))))
 
 
 # --- animation frames -------------------------------------------------------------------

@@ -53,9 +53,9 @@ def test_trajectory_frames_show_both_images_and_grow_the_curve():
     assert len(frames) == steps and len({f.size for f in frames}) == 1
     first, last = np.asarray(frames[0]), np.asarray(frames[-1])
     assert (first == [255, 0, 0]).all(-1).sum() >= 64 * 64 and (first == [0, 0, 255]).all(-1).sum() >= 64 * 64
-    total = ImageColor.getrgb(animation.COLOR_TOTAL)
-    # The running-total curve is drawn further on later frames.
-    assert (last == total).all(-1).sum() > (first == total).all(-1).sum()
+    along_a = ImageColor.getrgb(animation.COLOR_A)
+    # The per-step curve along A is drawn further on later frames.
+    assert (last == along_a).all(-1).sum() > (first == along_a).all(-1).sum()
 
 
 def test_morph_frames_one_per_stage():
