@@ -18,6 +18,7 @@ its noise, so they are not part of the key. Calibrations of the embedded model s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -143,12 +144,23 @@ def default_path(model) -> Path:
 
 
 def read_file(path: Path) -> list[Calibration]:
+    """The calibrations in a file (parsed once per version of the file: `score` looks them up on every call)."""
+    try:
+        stat = path.stat()
+    except OSError as err:
+        raise ConjureError(f"{path}: cannot read the calibration file ({err.strerror})") from None
+    return list(_read_file(str(path), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=16)
+def _read_file(path: str, mtime_ns: int, size: int) -> tuple[Calibration, ...]:
+    path = Path(path)
     try:
         data = json.loads(path.read_text())
         if data.get("format") != FORMAT:
             raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
-        return [Calibration(e["key"], e["model"], e["settings"], [tuple(p) for p in e["pairs"]], e["per_step"])
-                for e in data["calibrations"]]
+        return tuple(Calibration(e["key"], e["model"], e["settings"], [tuple(p) for p in e["pairs"]], e["per_step"])
+                     for e in data["calibrations"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConjureError(f"{path}: not a readable calibration file ({err}); delete it and run "
                            "`python -m conjure calibrate` again") from None
