@@ -44,10 +44,17 @@ def page(browser):
     page.close()
 
 
-def set_number(page, elem_id: str, value: int):
+def set_slider(page, elem_id: str, value: int):
+    """Type into a slider's number box, then wait until the slider itself shows the value.
+
+    The range input is drawn from the component's value, so once it moves the value is what Run sends; without
+    this wait a loaded machine can click Run before the typed value lands (CI once ran 10 steps, not 4).
+    """
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
     box.press("Enter")
+    box.blur()
+    sync_api.expect(page.locator(f"#{elem_id} input[type=range]")).to_have_value(str(value), timeout=30_000)
 
 
 def current_step(page) -> int:
@@ -68,8 +75,8 @@ def test_stop_cancels_the_run_within_a_step(page):
     page.locator("#prompt-a textarea").fill("sun")
     page.locator("#prompt-b textarea").fill("crescent moon")
     page.get_by_text("Advanced").click()
-    set_number(page, "steps", steps)
-    set_number(page, "samples", 8)  # slow steps, so the run cannot finish before Stop lands
+    set_slider(page, "steps", steps)
+    set_slider(page, "samples", 8)  # slow steps, so the run cannot finish before Stop lands
     page.locator("#run").click()
     wait_for_step(page, 2)
     started = time.perf_counter()
@@ -88,9 +95,9 @@ def test_type_run_watch_and_download(page, tmp_path):
     page.locator("#prompt-a textarea").fill("snow leopard")
     page.locator("#prompt-b textarea").fill("bengal tiger")
     page.get_by_text("Advanced").click()
-    set_number(page, "steps", steps)
-    set_number(page, "samples", 1)
-    set_number(page, "stages", stages)
+    set_slider(page, "steps", steps)
+    set_slider(page, "samples", 1)
+    set_slider(page, "stages", stages)
     page.locator("#run").click()
 
     # The live plot is drawn (Vega renders into the #plot block) and the run finishes with a score.
@@ -139,7 +146,7 @@ def test_compare_many_tab(page, tmp_path):
     page.get_by_role("tab", name="Compare many").click()
     page.locator("#matrix-phrases textarea").fill("leopard\ncheetah\ntiger\nzebra")
     page.locator("#matrix-settings").get_by_text("Settings", exact=True).first.click()
-    set_number(page, "matrix-steps", steps)
+    set_slider(page, "matrix-steps", steps)
     page.locator("#matrix-run").click()
 
     # The heatmap and the map are drawn, the neighbours listed, and the status says it is done.
