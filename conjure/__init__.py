@@ -6,7 +6,7 @@
     r.jeffreys, r.kl_ab, r.kl_ba, r.stderr, r.per_step
     for event in conjure.stream(model, "snow leopard", "bengal tiger"):
         event.step, event.image_a, event.image_b, event.jeffreys
-    results = conjure.score_pairs(model, [("a", "b"), ...], batch_size=8)
+    results = conjure.score_pairs(model, [("a", "b"), ...])            # batch size chosen from model and device
     m = conjure.similarity_matrix(model, ["leopard", "cheetah", "zebra"])    # N x N, images, map
     conjure.rank(model, "leopard", ["cheetah", "zebra"])                    # most alike first
 
@@ -64,15 +64,17 @@ def score(model, text_a: str, text_b: str, **settings) -> JeffreysResult:
     return last.result
 
 
-def score_pairs(model, pairs: Iterable[tuple[str, str]], *, batch_size: int = 8, progress: bool = False,
+def score_pairs(model, pairs: Iterable[tuple[str, str]], *, batch_size: int | None = None, progress: bool = False,
                 **settings) -> list[JeffreysResult]:
-    """Score many pairs, `batch_size` pairs per model call; the same seed gives every pair the same noise."""
+    """Score many pairs, `batch_size` pairs per model call (default: chosen from the model, device and memory,
+    see `conjure.validation.auto_batch_size`); the same seed gives every pair the same noise."""
     from tqdm.auto import tqdm
 
     model, s = load_model(model), validation.make_settings(Settings, settings)
     batch_size = validation.check_batch_size(batch_size)
     check_settings(model, s)
     pairs = check_pairs(model, pairs)  # every pair, before any is scored
+    batch_size = batch_size or validation.auto_batch_size(model, s, len(pairs))
     if pairs:
         validation.check_memory(model, s, min(batch_size, len(pairs)))
     results: list[JeffreysResult] = []

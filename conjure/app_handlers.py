@@ -535,11 +535,6 @@ def matrix_on_device(model_name: str, phrases: list[str], settings: dict, batch_
         raise ConjureError("out of memory: try fewer phrases, a smaller image size or fewer samples (k)") from None
 
 
-def matrix_batch_size(samples: int) -> int:
-    """Pairs per batched model call: 8 at k = 1, fewer as each pair's k samples fill the batch."""
-    return max(1, 8 // samples)
-
-
 def cell(text: str) -> str:
     """A user's phrase, safe inside a Markdown table."""
     return html.escape(text).replace("|", "\\|")
@@ -614,7 +609,7 @@ def _run_matrix(phrases, model_name, steps, samples, guidance, seed, size) -> It
     check_size(model, request["size"])
     settings = asdict(Settings(steps=request["steps"], samples=request["samples"], guidance=request["guidance"],
                                seed=request["seed"], size=request["size"]))
-    batch_size = matrix_batch_size(request["samples"])
+    batch_size = validation.auto_batch_size(model, Settings(**settings), total, decoded_images=n)
     validation.check_memory(model, Settings(**settings), min(batch_size, total), decoded_images=n,
                             lower="choose fewer phrases, a smaller image size or fewer samples (k)")
     result, started = None, time.perf_counter()

@@ -113,7 +113,7 @@ class Calibration:
         return float(100.0 * (len(ref) - np.searchsorted(ref, jeffreys, side="right")) / len(ref))
 
 
-def calibrate(model, pairs: int = 300, batch_size: int = 8, progress: bool = True, **settings) -> Calibration:
+def calibrate(model, pairs: int = 300, batch_size: int | None = None, progress: bool = True, **settings) -> Calibration:
     """Score `pairs` random pairs of everyday phrases; the reference distribution for `percentile`."""
     import conjure
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from conjure import sts, validation
 from conjure.errors import ConjureError
-from conjure.options import add_estimator_options, add_model_options, settings_from
+from conjure.options import add_batch_size_option, add_estimator_options, add_model_options, settings_from
 
 
 def read_pair_lines(path: str) -> list[tuple[int, str, str]]:
@@ -154,6 +154,7 @@ def cmd_score(args) -> int:
     where = (lambda n: f" on line {n} of {args.pairs}") if args.pairs else (lambda n: "")
     validation.check_readable(model, [(f"{ab}{where(n)}", text) for n, a, b in lines for ab, text in zip("AB", (a, b))])
     pairs = [(a, b) for _, a, b in lines]
+    batch_size = batch_size or validation.auto_batch_size(model, settings, len(pairs))
     lower = ("lower --samples, --batch-size or --size" if args.pairs else "lower --samples or --size") + \
         " (or raise CONJURE_MAX_MEMORY_GB)"
     validation.check_memory(model, settings, min(batch_size, len(pairs)) if args.pairs else 1, lower=lower)
@@ -475,7 +476,7 @@ def main(argv=None) -> int:
     p.add_argument("text_a", nargs="?")
     p.add_argument("text_b", nargs="?")
     p.add_argument("--pairs", help="TSV (text_a<TAB>text_b) or JSONL file; prints one JSON line per pair")
-    p.add_argument("--batch-size", type=int, default=8, help="pairs per batched model call with --pairs")
+    add_batch_size_option(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a summary")
     p.add_argument("--output", "-o", help="write results here instead of stdout")
     p.add_argument("--calibration", default=None,
@@ -489,7 +490,7 @@ def main(argv=None) -> int:
                                    "so scores can say 'closer than X%% of random pairs'. Written to the model folder "
                                    "(calibration.json) or the user's cache.")
     p.add_argument("--pairs", type=int, default=300, help="reference pairs to score (default 300)")
-    p.add_argument("--batch-size", type=int, default=8, help="pairs per batched model call")
+    add_batch_size_option(p)
     p.add_argument("--output", "-o", help="calibration file to write (default: beside the model, else the cache)")
     add_model_options(p)
     add_estimator_options(p)
@@ -526,7 +527,7 @@ def main(argv=None) -> int:
     p.add_argument("--png", metavar="FILE", help="write a heatmap of the matrix with the values (PNG)")
     p.add_argument("--map", metavar="FILE", help="write the map of meanings: each phrase's image at its MDS point (PNG)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    p.add_argument("--batch-size", type=int, default=8, help="pairs per batched model call (default 8)")
+    add_batch_size_option(p)
     p.add_argument("--max-phrases", type=int, default=100, help="refuse more phrases than this (default 100)")
     add_model_options(p)
     add_estimator_options(p)
@@ -538,7 +539,7 @@ def main(argv=None) -> int:
     p.add_argument("candidates", nargs="*", metavar="CANDIDATE")
     p.add_argument("--file", help="more candidates, one per line (UTF-8; blank lines and repeats are skipped)")
     p.add_argument("--json", action="store_true", help="print one JSON object per candidate, in rank order")
-    p.add_argument("--batch-size", type=int, default=8, help="pairs per batched model call (default 8)")
+    add_batch_size_option(p)
     p.add_argument("--max-phrases", type=int, default=1000, help="refuse more candidates than this (default 1000)")
     add_model_options(p)
     add_estimator_options(p)

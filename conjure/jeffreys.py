@@ -35,8 +35,12 @@ direction or subset of steps without running the model again.
 
 Per step, one batched model call evaluates eps(x_A|a), eps(x_A|b), eps(x_B|a),
 eps(x_B|b) (and eps(x_A|null), eps(x_B|null) under classifier-free guidance) for
-every sample of every pair in the batch. Noise depends only on the seed, so all
-pairs share it (common random numbers): rankings across pairs are not noise.
+every sample of every pair in the batch. Noise depends only on the seed, so all pairs
+share it (common random numbers): rankings across pairs are not noise. It also makes a
+prompt's trajectory the same in every pair it is part of, so a batch runs one trajectory
+per distinct prompt and makes each evaluation once however many pairs read it (N phrases
+against each other: N^2 evaluations per step, not 4 per pair); at the first step, where
+every trajectory is still at x_T, one evaluation per distinct prompt serves them all.
 """
 
 from __future__ import annotations
@@ -166,6 +170,15 @@ class StepEvent:
 
 
 @dataclass
+class Evaluations:
+    """The model evaluations of one step of a batch: eps(x[states[j]] | rows[j]) for every j."""
+
+    states: torch.Tensor  # (E,) which trajectory's state each evaluation is at
+    rows: Conditioning  # E * k conditioning rows (each repeated for the k noise samples)
+    serves: torch.Tensor  # (len(needed),) which evaluation serves each needed (trajectory, prompt)
+
+
+@dataclass
 class BatchStep:
     """One sampler step of a batch of P pairs; arrays have shape (P, k)."""
 
@@ -237,51 +250,63 @@ def jeffreys_steps(model, pairs: Sequence[tuple[str, str]], settings: Settings =
                  for a, b in pairs]
     if use_null:
         cond = Conditioning.cat([cond, model.encode_null()])
-    null_row = len(prompts)
+    null = len(prompts)
 
-    # Which (state, prompt) evaluations each pair needs. eps[p, trajectory, prompt]: prompt 0 = a, 1 = b, 2 = null.
-    # A pair of identical prompts has identical trajectories, so it needs trajectory A under a only.
-    plan: list[tuple[int, int, int, int]] = []  # (pair, trajectory, prompt slot, conditioning row)
-    for p, (a, b) in enumerate(pairs):
-        slots = [(0, 0, row_of[a])] if a == b else [(0, 0, row_of[a]), (0, 1, row_of[b]), (1, 0, row_of[a]), (1, 1, row_of[b])]
-        if use_null:
-            slots += [(0, 2, null_row)] if a == b else [(0, 2, null_row), (1, 2, null_row)]
-        plan += [(p, traj, slot, row) for traj, slot, row in slots]
-    state_index = torch.tensor([p * 2 + traj for p, traj, _, _ in plan])
-    row_cond = cond.take(torch.tensor([row for *_, row in plan]).repeat_interleave(k))
+    # One trajectory per distinct prompt, sampled under it: with common random numbers a prompt's trajectory
+    # is the same in every pair it is part of, so the batch runs it once (trajectory u = prompt row u).
+    # A pair (a, b) reads eps(x_u | v) for u, v in {a, b} (and v = null under guidance); each such
+    # evaluation is made once per step however many pairs read it.
+    needed = sorted({(row_of[u], row_of[v]) for pair in pairs for u in pair for v in pair}
+                    | ({(u, null) for u in range(len(prompts))} if use_null else set()))
+    column = {uv: j for j, uv in enumerate(needed)}
+    trajectories = torch.tensor([[row_of[a], row_of[b]] for a, b in pairs])  # (P, 2): pair p's A and B
+    # eps[p, trajectory, slot] = evaluation reads[p, trajectory, slot]; slots: prompt a, prompt b, null
+    # (without guidance the null slot repeats prompt a's and is never used).
+    reads = torch.tensor([[[column[(u, row_of[a])], column[(u, row_of[b])],
+                            column[(u, null if use_null else row_of[a])]] for u in (row_of[a], row_of[b])]
+                          for a, b in pairs])
+    # Each trajectory follows its own prompt (guided by the null prompt's eps under guidance).
+    own = torch.tensor([column[(u, u)] for u in range(len(prompts))])
+    own_null = torch.tensor([column[(u, null)] for u in range(len(prompts))]) if use_null else None
+    # At step 0 every trajectory is still at the shared x_T, so one evaluation per distinct prompt serves all.
+    first_rows = sorted({v for _, v in needed})
+    first_column = {v: j for j, v in enumerate(first_rows)}
+    first = Evaluations(states=torch.zeros(len(first_rows), dtype=torch.long),
+                        rows=cond.take(torch.tensor(first_rows).repeat_interleave(k)),
+                        serves=torch.tensor([first_column[v] for _, v in needed]))
+    later = Evaluations(states=torch.tensor([u for u, _ in needed]),
+                        rows=cond.take(torch.tensor([v for _, v in needed]).repeat_interleave(k)),
+                        serves=torch.arange(len(needed)))
 
     # Common random numbers: x_T and every step's noise depend on the seed only.
     shape = model.latent_shape(size)
     steps = schedule(model, settings.steps, settings.eta)
     x_T, noises = common_noise(shape, k, len(steps), settings.seed)
-    P, device = len(pairs), model.device
-    x = x_T.to(device).expand(P, 2, *x_T.shape).clone()  # (P, 2, k, C, H, W)
+    device = model.device
+    x = x_T.to(device).expand(len(prompts), *x_T.shape).clone()  # (trajectories, k, C, H, W)
     weights = step_weights([step.abar_t for step in steps], settings.eta, settings.weighting)
 
     for i, step in enumerate(steps):
-        states = x.reshape(P * 2, k, *shape)[state_index].reshape(-1, *shape)
+        run = first if i == 0 else later
+        states = x[run.states.to(device)].reshape(-1, *shape)
         t_batch = torch.full((len(states),), step.timestep, dtype=torch.long, device=device)
-        out = model.predict_noise(states, t_batch, row_cond).float().reshape(len(plan), k, *shape)
-        eps = torch.empty((P, 2, 3, k, *shape), device=out.device)
-        for r, (p, traj, slot, _) in enumerate(plan):
-            eps[p, traj, slot] = out[r]
-        for p, (a, b) in enumerate(pairs):
-            if a == b:  # B is A, and prompt b is prompt a
-                eps[p, 0, 1] = eps[p, 0, 0]
-                eps[p, 1] = eps[p, 0]
+        out = model.predict_noise(states, t_batch, run.rows).float().reshape(len(run.states), k, *shape)
+        evaluations = out[run.serves.to(out.device)]  # (len(needed), k, C, H, W)
 
-        null = eps[:, :, 2] if use_null else None
-        eps_a = guided(eps[:, :, 0], null, settings.guidance)  # (P, 2, k, C, H, W), under prompt a
-        eps_b = guided(eps[:, :, 1], null, settings.guidance)
+        eps = evaluations[reads.to(out.device)]  # (P, 2, 3, k, C, H, W)
+        eps_null = eps[:, :, 2] if use_null else None
+        eps_a = guided(eps[:, :, 0], eps_null, settings.guidance)  # (P, 2, k, C, H, W), under prompt a
+        eps_b = guided(eps[:, :, 1], eps_null, settings.guidance)
         gap = eps_a - eps_b
         gap_sq = gap.double().pow(2).flatten(3).sum(-1).cpu()  # (P, 2, k)
         kl = weights[i] * gap_sq
 
-        # A follows prompt a, B follows prompt b; both use the same noise.
-        own = torch.stack([eps_a[:, 0], eps_b[:, 1]], dim=1)
-        x0, x = advance(x, own, step, noises[i])
-        yield BatchStep(i, step.timestep, step.abar_t, weights[i], gap_sq, kl[:, 0], kl[:, 1], x0, gap, truncated,
-                        rewritten)
+        # Every trajectory steps under its own prompt; all use the same noise.
+        eps_own = guided(evaluations[own.to(out.device)],
+                         None if own_null is None else evaluations[own_null.to(out.device)], settings.guidance)
+        x0, x = advance(x, eps_own, step, noises[i])
+        yield BatchStep(i, step.timestep, step.abar_t, weights[i], gap_sq, kl[:, 0], kl[:, 1],
+                        x0[trajectories.to(x0.device)], gap, truncated, rewritten)
 
 
 def summarize(pairs, steps: list[BatchStep], seconds, settings, model, truncated) -> list[JeffreysResult]:

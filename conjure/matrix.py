@@ -185,7 +185,7 @@ class MatrixProgress:
 
 
 @validation.reports_out_of_memory
-def matrix_steps(model, phrases: Sequence[str], *, batch_size: int = 8, **settings) -> Iterator[MatrixProgress]:
+def matrix_steps(model, phrases: Sequence[str], *, batch_size: int | None = None, **settings) -> Iterator[MatrixProgress]:
     """Score every pair of distinct phrases, yielding after each sampler step (so a UI can report and stop)."""
     from conjure import calibration
     from conjure.models import load_model
@@ -201,6 +201,7 @@ def matrix_steps(model, phrases: Sequence[str], *, batch_size: int = 8, **settin
     phrases = [check_prompt(p, str(i), model) for i, p in enumerate(phrases, 1)]  # every one, before any is scored
     n = len(phrases)
     pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    batch_size = batch_size or validation.auto_batch_size(model, s, len(pairs), decoded_images=n)
     validation.check_memory(model, s, min(batch_size, len(pairs)), decoded_images=n)
     batches = [pairs[b : b + batch_size] for b in range(0, len(pairs), batch_size)]
 
@@ -249,9 +250,10 @@ def matrix_steps(model, phrases: Sequence[str], *, batch_size: int = 8, **settin
     yield MatrixProgress(len(pairs), len(pairs), len(batches), len(batches), s.steps, s.steps, result)
 
 
-def similarity_matrix(model, phrases: Sequence[str], *, batch_size: int = 8, progress: bool = False,
+def similarity_matrix(model, phrases: Sequence[str], *, batch_size: int | None = None, progress: bool = False,
                       **settings) -> MatrixResult:
-    """The N x N Jeffreys matrix of distinct phrases, each pair scored once, `batch_size` pairs per model call.
+    """The N x N Jeffreys matrix of distinct phrases, each pair scored once, `batch_size` pairs per model call
+    (default: chosen from the model, device and memory).
 
     Repeated phrases are scored once (listed in `duplicates`), empty ones dropped; fewer than two
     different phrases is a ConjureError. `progress=True` shows a progress bar of pairs. Settings as
@@ -269,7 +271,7 @@ def similarity_matrix(model, phrases: Sequence[str], *, batch_size: int = 8, pro
     return result
 
 
-def rank(model, query: str, candidates: Sequence[str], *, batch_size: int = 8, progress: bool = False,
+def rank(model, query: str, candidates: Sequence[str], *, batch_size: int | None = None, progress: bool = False,
          **settings) -> list[JeffreysResult]:
     """The candidates sorted by Jeffreys divergence from `query`, most alike first: one result per
     distinct candidate (text_a = query, text_b = candidate; repeats and empty strings dropped)."""

@@ -17,6 +17,11 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="default: float16 on a GPU, float32 on a CPU")
 
 
+def add_batch_size_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="pairs per batched model call (default: chosen from the model, the device and its memory)")
+
+
 def add_estimator_options(p: argparse.ArgumentParser) -> None:
     d = Settings()
     p.add_argument("--steps", type=int, default=d.steps, help=f"sampler steps (default {d.steps}, as in the paper)")

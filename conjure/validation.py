@@ -177,7 +177,10 @@ def check_pairs(pairs) -> list[tuple[str, str]]:
     return out
 
 
-def check_batch_size(batch_size, name: str = "batch_size") -> int:
+def check_batch_size(batch_size, name: str = "batch_size") -> int | None:
+    """A positive whole number of pairs per model call, or None (choose one: `auto_batch_size`)."""
+    if batch_size is None:
+        return None
     if not is_whole(batch_size) or batch_size < 1:
         raise ConjureError(f"{name} must be a positive integer (pairs per model call), got {describe(batch_size)}")
     return int(batch_size)
@@ -365,6 +368,27 @@ def available_ram() -> int | None:
     except (OSError, ValueError):
         pass
     return max(available, 0)
+
+
+# State elements (C x H x W, summed over a call's rows) per batched model call when no batch size is given: enough
+# work per call that batching has paid off. On this project's 2-core CPU the embedded model's pairs/s is flat from
+# about 8 pairs (32 evaluations of a 3x32x32 state) on (bench/bench_estimator.py); a GPU runs far more rows at the
+# cost of one, where the memory limit below decides (bench/gpu_check.py measures it; not yet run on one).
+WORK_PER_CALL = {"cpu": 2**17, "mps": 2**20, "cuda": 2**23}
+
+
+def auto_batch_size(model, settings, pairs: int, decoded_images: int = 0) -> int:
+    """Pairs per model call when the user gives none: about WORK_PER_CALL for the device, no more than `pairs`,
+    halved until the run fits the memory limit (at 1 pair that does not fit, `check_memory` says what to lower)."""
+    c, h, w = model.latent_shape(settings.size or model.default_size)
+    per_pair = (6 if settings.guidance != 1 else 4) * settings.samples * c * h * w
+    device = getattr(model, "device", None)
+    budget = WORK_PER_CALL.get(torch.device(device if device is not None else "cpu").type, WORK_PER_CALL["cpu"])
+    size = max(1, min(pairs, budget // per_pair))
+    limit, _ = memory_limit(device)
+    while size > 1 and limit is not None and estimate_memory(model, settings, size, decoded_images).total > limit:
+        size //= 2
+    return size
 
 
 def memory_limit(device) -> tuple[int | None, str]:

@@ -106,6 +106,69 @@ def test_batched_pairs_match_single_pairs(tiny_sd1):
     assert batched[2].jeffreys == 0.0
 
 
+def naive_jeffreys(model, a: str, b: str, steps: int, samples: int, guidance: float, seed: int = 0) -> float:
+    """The estimator as a reader of the paper first writes it: two trajectories, one model call per
+    (trajectory, prompt) per step, nothing shared; the same sampler, noise and default weighting."""
+    shape = model.latent_shape(model.default_size)
+    g = torch.Generator().manual_seed(seed)
+    x_T = torch.randn((samples, *shape), generator=g)
+    noises = torch.randn((steps, samples, *shape), generator=g)
+    rows = torch.zeros(samples, dtype=torch.long)
+    cond_a, cond_b, null = (model.encode([a]).take(rows), model.encode([b]).take(rows), model.encode_null().take(rows))
+    timesteps = sampler_timesteps(model, steps)
+    abar = model.alphas_cumprod.tolist()
+    weights = step_weights([abar[t] for t in timesteps], 1.0, "girsanov")
+
+    def eps(x, t, cond):
+        tt = torch.full((samples,), t, dtype=torch.long)
+        e, e_null = model.predict_noise(x, tt, cond).float(), model.predict_noise(x, tt, null).float()
+        return e_null + guidance * (e - e_null)
+
+    x_A, x_B, kl_ab, kl_ba = x_T.clone(), x_T.clone(), 0.0, 0.0
+    for i, t in enumerate(timesteps):
+        abar_t, abar_s = abar[t], (abar[timesteps[i + 1]] if i + 1 < steps else 1.0)
+        sigma = ddim_sigma(abar_t, abar_s, 1.0)
+        eps_Aa, eps_Ab, eps_Ba, eps_Bb = eps(x_A, t, cond_a), eps(x_A, t, cond_b), eps(x_B, t, cond_a), eps(x_B, t, cond_b)
+        kl_ab += weights[i] * float((eps_Aa - eps_Ab).double().pow(2).flatten(1).sum(1).mean())
+        kl_ba += weights[i] * float((eps_Ba - eps_Bb).double().pow(2).flatten(1).sum(1).mean())
+        x_A = step_mean(x_A, eps_Aa, abar_t, abar_s, sigma) + sigma * noises[i]
+        x_B = step_mean(x_B, eps_Bb, abar_t, abar_s, sigma) + sigma * noises[i]
+    return (kl_ab + kl_ba) / 2
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_batched_estimator_matches_the_naive_two_trajectory_loop(tiny_sd1, guidance):
+    """What the estimator shares (one call per step for a whole batch; at step 0, one evaluation per distinct
+    prompt at the common x_T) changes no number."""
+    pairs = [("a cat", "a dog"), ("a car", "a dog"), ("tea", "tea")]
+    batched = conjure.score_pairs(tiny_sd1, pairs, batch_size=3, samples=2, steps=4, guidance=guidance)
+    for (a, b), r in zip(pairs, batched):
+        assert r.jeffreys == pytest.approx(naive_jeffreys(tiny_sd1, a, b, 4, 2, guidance), rel=1e-4, abs=1e-9)
+
+
+def evaluations_per_call(model, pairs, **settings) -> list[int]:
+    calls = []
+    inner = model.predict_noise
+    model.predict_noise = lambda x, t, cond: calls.append(len(x)) or inner(x, t, cond)
+    try:
+        conjure.score_pairs(model, pairs, batch_size=len(pairs), **settings)
+    finally:
+        model.predict_noise = inner
+    return calls
+
+
+def test_each_evaluation_is_made_once_per_step(tiny_sd1):
+    # Step 0: the 3 distinct prompts at the shared x_T. Then trajectories cat, dog, car (dog's is shared by both
+    # pairs) under the prompts of their pairs: cat|cat, cat|dog, dog|dog, dog|cat, dog|car, car|car, car|dog.
+    assert evaluations_per_call(tiny_sd1, [("a cat", "a dog"), ("a car", "a dog")], samples=2, steps=3) == [6, 14, 14]
+    # N phrases against each other: N^2 evaluations per step (not 4 per pair), N + 1 at step 0 and under guidance
+    # N more (each trajectory under the null prompt).
+    phrases = ["a", "b", "c", "d"]
+    pairs = [(p, q) for i, p in enumerate(phrases) for q in phrases[i + 1:]]
+    assert evaluations_per_call(tiny_sd1, pairs, steps=2) == [4, 16]
+    assert evaluations_per_call(tiny_sd1, pairs, steps=2, guidance=3.0) == [5, 20]
+
+
 def test_stderr_and_per_step_report(gaussian, tiny_sd1):
     r = conjure.score(tiny_sd1, "a cat", "a dog", samples=4, steps=5)
     assert len(r.per_sample) == 4 and r.stderr is not None and r.stderr > 0

@@ -64,3 +64,29 @@ def test_the_cli_imports_no_training_code():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     assert not list(PACKAGE.glob("train*.py")) and not list(PACKAGE.glob("emoji_*.py"))
+
+
+HEAVY_LIBRARIES_CHECK = """
+import contextlib, io, sys
+
+def heavy():
+    return sorted(m for m in sys.modules if m.split(".")[0] in sys.argv[1:])
+
+import conjure
+after_import = heavy()
+from conjure.cli import main
+with contextlib.redirect_stdout(io.StringIO()) as help_text, contextlib.suppress(SystemExit):
+    main(["--help"])
+assert "score" in help_text.getvalue()
+print(after_import, heavy())
+"""
+
+
+def test_help_and_import_load_no_heavy_libraries():
+    # `import conjure` and `conjure --help` need torch, not the model libraries nor the benchmark's: each takes
+    # from a fraction of a second to seconds to import, and the commands that need one import it themselves.
+    heavy = ["scipy", "diffusers", "transformers", "sentence_transformers", "accelerate", "gradio", "matplotlib",
+             "imageio", "pandas"]
+    out = subprocess.run([sys.executable, "-c", HEAVY_LIBRARIES_CHECK, *heavy], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[] []"

@@ -46,14 +46,16 @@ def test_adapter_is_chosen_by_pipeline_class(model):
     assert type(model) is expected
 
 
-@pytest.mark.parametrize("k,guidance,rows_per_sample", [(1, 1.0, 4), (3, 1.0, 4), (2, 5.0, 6)])
-def test_one_batched_call_per_step_with_four_evaluations_per_sample(model, k, guidance, rows_per_sample):
+@pytest.mark.parametrize("k,guidance,first,rows_per_sample", [(1, 1.0, 2, 4), (3, 1.0, 2, 4), (2, 5.0, 3, 6)])
+def test_one_batched_call_per_step_with_four_evaluations_per_sample(model, k, guidance, first, rows_per_sample):
     unet = counted(model)
     try:
         r = conjure.score(model, "snow leopard", "bengal tiger", steps=3, samples=k, guidance=guidance)
     finally:
         model.unet = unet.inner
-    assert unet.batches == [rows_per_sample * k] * 3  # T calls, 4k (6k with guidance) rows each
+    # T calls, 4k (6k with guidance) rows each, but the first: both trajectories start at the same x_T, so it
+    # evaluates each prompt (and the null prompt under guidance) once.
+    assert unet.batches == [first * k] + [rows_per_sample * k] * 2
     assert r.jeffreys > 0 and r.kl_ab > 0 and r.kl_ba > 0
 
 
@@ -63,8 +65,9 @@ def test_pairs_batch_into_the_same_calls(model):
         results = conjure.score_pairs(model, [("a", "b"), ("c", "d"), ("e", "e")], batch_size=3, steps=2, samples=2)
     finally:
         model.unet = unet.inner
-    # Two distinct pairs need 4k rows each; the identical pair needs one trajectory under one prompt.
-    assert unet.batches == [(4 + 4 + 1) * 2] * 2
+    # Two distinct pairs need 4k rows each; the identical pair needs one trajectory under one prompt. At the
+    # first step, each of the five prompts once.
+    assert unet.batches == [5 * 2, (4 + 4 + 1) * 2]
     assert results[2].jeffreys == 0.0
 
 
@@ -118,3 +121,9 @@ def test_every_adapter_implements_the_written_interface(tiny_sd1):
     for model in (tiny_sd1, conjure.load_model("emoji"), GaussianModel(random_means(["a"]))):
         assert isinstance(model, DiffusionModel), type(model).__name__
         assert model.text_encoder_name
+
+
+def test_a_pipeline_object_is_cast_to_the_dtype_asked_for():
+    pipe = PIPELINES["sd1"]()
+    assert conjure.load_model(pipe).dtype == torch.float32  # as built
+    assert conjure.load_model(pipe, dtype="bfloat16").dtype == torch.bfloat16

@@ -161,6 +161,28 @@ def test_a_run_over_the_memory_limit_is_refused_with_the_estimate_and_the_limit(
         conjure.score_pairs(emoji_model, pairs, batch_size=batch_size, **settings)
 
 
+def test_without_a_batch_size_one_is_chosen_from_the_model_the_device_and_the_memory(emoji_model, monkeypatch):
+    from conjure import validation
+
+    monkeypatch.delenv("CONJURE_MAX_MEMORY_GB", raising=False)
+    auto = lambda pairs, **settings: validation.auto_batch_size(emoji_model, Settings(**settings), pairs)  # noqa: E731
+    # a 3x32x32 state, 4 evaluations per pair: WORK_PER_CALL["cpu"] / 12,288 pairs, never more pairs than there are
+    assert auto(1000) == validation.WORK_PER_CALL["cpu"] // (4 * 3 * 32 * 32) > 1
+    assert auto(3) == 3
+    assert auto(1000, samples=4) < auto(1000) and auto(1000, guidance=3.0) < auto(1000)
+    assert auto(1000, samples=1000) == 1  # one pair's k samples are already more than a call's worth
+    # halved until the memory estimate fits the limit
+    one = validation.estimate_memory(emoji_model, Settings(), 1).total
+    monkeypatch.setenv("CONJURE_MAX_MEMORY_GB", str(2.5 * one / 1e9))
+    fitted = auto(1000)
+    assert validation.estimate_memory(emoji_model, Settings(), fitted).total <= 2.5 * one and fitted >= 1
+    # and score_pairs uses it: the same scores as an explicit batch size
+    monkeypatch.delenv("CONJURE_MAX_MEMORY_GB")
+    pairs = [("cat", "dog"), ("sun", "moon"), ("tea", "coffee")]
+    assert [r.jeffreys for r in conjure.score_pairs(emoji_model, pairs, steps=2)] == pytest.approx(
+        [r.jeffreys for r in conjure.score_pairs(emoji_model, pairs, steps=2, batch_size=1)], rel=1e-4)
+
+
 def test_the_memory_limit_defaults_to_a_share_of_what_is_available(emoji_model, monkeypatch):
     from conjure import validation
 

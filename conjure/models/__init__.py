@@ -112,8 +112,9 @@ def load_model(model=None, device: str | None = None, dtype: str | torch.dtype |
         return model
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
-    if not isinstance(model, str):
-        return wrap_pipeline(model.to(dev), type(model).__name__)
+    if not isinstance(model, str):  # a pipeline object keeps the dtype it was built in unless one is asked for
+        return wrap_pipeline(model.to(dev) if dtype in (None, "auto") else model.to(dev, torch_dtype),
+                             type(model).__name__)
 
     name = MODEL_ALIASES.get(model, model)
     path = Path(name).expanduser()

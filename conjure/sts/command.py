@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from conjure.options import add_estimator_options, add_model_options, settings_from
+from conjure.options import add_batch_size_option, add_estimator_options, add_model_options, settings_from
 from conjure.errors import ConjureError
 from conjure.sts.data import DATASETS, add_full_stops, load_dataset, parse_dataset_names, subsample
 from conjure.sts.methods import BASELINES, METHODS, parse_method_names
@@ -48,7 +48,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--limit", type=int, default=None, help="a fixed-seed random subsample of N pairs per dataset")
     p.add_argument("--add-full-stop", action="store_true",
                    help="append '.' to sentences that do not end in punctuation (as the authors' earlier STS code)")
-    p.add_argument("--batch-size", type=int, default=8, help="pairs per batched model call (conjure)")
+    add_batch_size_option(p)
     p.add_argument("--cache", default=None,
                    help="score cache (SQLite) that makes runs resumable; "
                         f"default: $CONJURE_STS_CACHE or {default_cache_path()}")
@@ -137,8 +137,8 @@ def command_line(args, datasets: list[str], methods: list[str]) -> str:
     if "conjure" in methods:
         s = settings_from(args)
         parts += ["--steps", str(s.steps), "--samples", str(s.samples), "--guidance", str(s.guidance),
-                  "--seed", str(s.seed), "--eta", str(s.eta), "--weighting", s.weighting,
-                  "--batch-size", str(args.batch_size)] + (["--size", str(s.size)] if s.size else [])
+                  "--seed", str(s.seed), "--eta", str(s.eta), "--weighting", s.weighting] + \
+            (["--batch-size", str(args.batch_size)] if args.batch_size else []) + (["--size", str(s.size)] if s.size else [])
     if args.json:
         parts += ["--json", str(args.json)]
     return shlex.join(parts)
@@ -174,7 +174,7 @@ def build_report(args, data, methods, model, scores, counts, processes: int, cac
         "conjure_version": conjure.__version__,
         "model": model_info,
         "settings": {"estimator": asdict(conjure_method.settings) if conjure_method else None,
-                     "batch_size": args.batch_size, "add_full_stop": args.add_full_stop, "limit": args.limit,
+                     "batch_size": conjure_method.batch_size if conjure_method else None, "add_full_stop": args.add_full_stop, "limit": args.limit,
                      "cache": cache},
         "methods": {m.name: {"description": m.description, "key": m.key, "identity": m.identity, **counts[m.name]}
                     for m in methods},

@@ -21,6 +21,7 @@ from importlib.metadata import PackageNotFoundError, version
 import torch
 
 import conjure
+from conjure import validation
 from conjure.jeffreys import Settings, check_settings, reweight, score_batch
 from conjure.sts.store import PairScore, identity_key
 
@@ -127,13 +128,12 @@ class ConjureMethod:
     name = "conjure"
     CACHE_FORMAT = 2  # 2: rows carry per-step gaps (rows of format 1 had totals only, under another key)
 
-    def __init__(self, model, settings: Settings, batch_size: int = 8):
-        if batch_size < 1:
-            raise conjure.ConjureError(f"--batch-size must be at least 1, got {batch_size}")
+    def __init__(self, model, settings: Settings, batch_size: int | None = None):
+        batch_size = validation.check_batch_size(batch_size, "--batch-size")
         self.model = model
         # the image size resolved, so the default size and the same size given explicitly share a cache key
         self.settings = replace(settings, size=check_settings(model, settings))
-        self.batch_size = batch_size
+        self.batch_size = batch_size or validation.auto_batch_size(model, self.settings, pairs=2**31)
         cached_settings = {k: v for k, v in asdict(self.settings).items() if k != "weighting"}
         self.identity = {"method": self.name, "score": "-jeffreys", "model": model_identity(model),
                          "settings": cached_settings, "cache_format": self.CACHE_FORMAT,

@@ -12,7 +12,6 @@ import math
 import warnings
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
 
 from conjure.sts.data import STSData
 from conjure.sts.store import PairScore
@@ -28,6 +27,8 @@ def correlations(gold: list[float], scores: list[float]) -> dict:
         raise ValueError(f"{len(gold)} gold scores but {len(scores)} method scores")
     if len(gold) < 2:
         return {"spearman": None, "pearson": None}
+    from scipy.stats import pearsonr, spearmanr  # here: ~0.5 s to import, and every CLI command imports this module
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # constant input: scipy warns and returns nan, reported as None
         rho = spearmanr(gold, scores).statistic
