@@ -137,8 +137,9 @@ def command_line(args, datasets: list[str], methods: list[str]) -> str:
     if "conjure" in methods:
         s = settings_from(args)
         parts += ["--steps", str(s.steps), "--samples", str(s.samples), "--guidance", str(s.guidance),
-                  "--seed", str(s.seed), "--eta", str(s.eta), "--weighting", s.weighting] + \
-            (["--batch-size", str(args.batch_size)] if args.batch_size else []) + (["--size", str(s.size)] if s.size else [])
+                  "--seed", str(s.seed), "--eta", str(s.eta), "--weighting", s.weighting]
+        parts += (["--batch-size", str(args.batch_size)] if args.batch_size else []) + \
+            (["--size", str(s.size)] if s.size else [])
     if args.json:
         parts += ["--json", str(args.json)]
     return shlex.join(parts)
@@ -174,8 +175,8 @@ def build_report(args, data, methods, model, scores, counts, processes: int, cac
         "conjure_version": conjure.__version__,
         "model": model_info,
         "settings": {"estimator": asdict(conjure_method.settings) if conjure_method else None,
-                     "batch_size": conjure_method.batch_size if conjure_method else None, "add_full_stop": args.add_full_stop, "limit": args.limit,
-                     "cache": cache},
+                     "batch_size": conjure_method.batch_size if conjure_method else None,
+                     "add_full_stop": args.add_full_stop, "limit": args.limit, "cache": cache},
         "methods": {m.name: {"description": m.description, "key": m.key, "identity": m.identity, **counts[m.name]}
                     for m in methods},
         "datasets": results,
