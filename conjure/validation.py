@@ -372,8 +372,8 @@ def available_ram() -> int | None:
 
 # State elements (C x H x W, summed over a call's rows) per batched model call when no batch size is given: enough
 # work per call that batching has paid off. On this project's 2-core CPU the embedded model's pairs/s is flat from
-# about 8 pairs (32 evaluations of a 3x32x32 state) on (bench/bench_estimator.py); a GPU runs far more rows at the
-# cost of one, where the memory limit below decides (bench/gpu_check.py measures it; not yet run on one).
+# 4 to 16 pairs per call and lower at 32 (bench/bench_estimator.py); 2**17 is 10 of its pairs. A GPU runs far more
+# rows at the cost of one, where the memory limit below decides (bench/gpu_check.py measures it; not yet run on one).
 WORK_PER_CALL = {"cpu": 2**17, "mps": 2**20, "cuda": 2**23}
 
 
