@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -18,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from app_server import free_port
@@ -516,3 +518,61 @@ def test_stsb_dev_split_is_read_and_all_means_the_test_sets(tmp_path):
     dev = load_dataset("stsb-dev", tmp_path)
     assert len(dev) == 3 and dev.source.endswith("sts-dev.csv")
     assert "stsb-dev" not in parse_dataset_names("all")
+
+
+def write_run(tmp_path: Path, name: str, cache: Path, scores: list[float], key: str, limit=None) -> Path:
+    """A stored STS run: the scores in the cache under `key` and the report that names them."""
+    from conjure.sts.store import PairScore, ScoreStore
+
+    data = subsample(load_dataset("stsb", tmp_path / "data"), limit)
+    store = ScoreStore(cache)
+    store.put(key, data.pairs, [PairScore(s) for s in scores])
+    store.close()
+    report = {"settings": {"estimator": {"steps": 10, "samples": 1, "guidance": 1.0, "weighting": "girsanov"},
+                           "limit": limit, "add_full_stop": False, "cache": str(cache)},
+              "model": {"dtype": "torch.float32"}, "methods": {"conjure": {"key": key}},
+              "datasets": {"stsb": {}}}
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(report))
+    return path
+
+
+def test_compare_gives_a_paired_bootstrap_interval(tmp_path, capsys):
+    from scipy.stats import spearmanr
+
+    from conjure.sts import compare
+
+    rng = np.random.default_rng(0)
+    rows = [(float(g), f"sentence {i} a", f"sentence {i} b") for i, g in enumerate(rng.uniform(0, 5, 120))]
+    write_stsb(tmp_path / "data", rows=rows)
+    gold = np.array([r[0] for r in rows])
+    noisy_scores = gold + rng.normal(0, 2, len(gold))
+    cache = tmp_path / "cache.sqlite3"
+    noisy = write_run(tmp_path, "noisy", cache, list(noisy_scores), "k1")
+    exact = write_run(tmp_path, "exact", cache, list(gold), "k2")
+    assert compare.main([str(noisy), str(exact), "--data-dir", str(tmp_path / "data"), "--resamples", "300"]) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    assert row.startswith("| exact.json | T=10 k=1 g=1 girsanov float32 | stsb | conjure | 120 |")
+    # exact scores rank perfectly: the difference is 100 minus the noisy run's rho, and the interval excludes 0
+    diff, low, high = (float(x) for x in re.findall(r"[+-]\d+\.\d+", row))
+    assert diff == pytest.approx(100 - 100 * spearmanr(noisy_scores, gold).statistic, abs=0.01)
+    assert 0 < low <= diff <= high
+
+
+def test_compare_bad_reports_are_clear_errors(tmp_path, capsys):
+    from conjure.sts import compare
+
+    write_stsb(tmp_path / "data")
+    cache = tmp_path / "cache.sqlite3"
+    full = write_run(tmp_path, "full", cache, [float(i) for i in range(len(PAIRS))], "a")
+    unscored = tmp_path / "unscored.json"  # a run whose scores are not in the cache
+    unscored.write_text(json.dumps({"settings": {"cache": str(cache)}, "methods": {"conjure": {"key": "b"}},
+                                    "datasets": {"stsb": {}}}))
+    assert compare.main([str(full), str(unscored), "--data-dir", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err
+    assert f"{len(PAIRS)} of the {len(PAIRS)} pairs of stsb are not in" in err and "run the report's command again" in err
+    (tmp_path / "junk.json").write_text("[1, 2]")
+    assert compare.main([str(full), str(tmp_path / "junk.json")]) == 2
+    assert "is not a report of `python -m conjure sts --json`" in capsys.readouterr().err
+    assert compare.main([str(full), str(tmp_path / "absent.json")]) == 2
+    assert "cannot read" in capsys.readouterr().err

@@ -10,6 +10,7 @@ and sharding across processes under `accelerate launch`.
     store.py     the SQLite score cache
     report.py    correlations (scipy) and the Markdown tables
     command.py   the command line and the run
+    compare.py   paired bootstrap intervals between two runs' Spearman (python -m conjure.sts.compare)
 """
 
 from conjure.sts.command import add_parser, cmd_sts
