@@ -576,3 +576,8 @@ def test_compare_bad_reports_are_clear_errors(tmp_path, capsys):
     assert "is not a report of `python -m conjure sts --json`" in capsys.readouterr().err
     assert compare.main([str(full), str(tmp_path / "absent.json")]) == 2
     assert "cannot read" in capsys.readouterr().err
+    elsewhere = tmp_path / "elsewhere.json"  # a report whose cache is not where it says
+    elsewhere.write_text(full.read_text().replace(str(cache), "no/such/cache.sqlite3"))
+    assert compare.main([str(full), str(elsewhere), "--data-dir", str(tmp_path / "data")]) == 2
+    assert "the score cache no/such/cache.sqlite3 that the report names is not here" in capsys.readouterr().err
+    assert not Path("no/such/cache.sqlite3").exists()

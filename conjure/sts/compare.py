@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from conjure.errors import ConjureError
-from conjure.sts.data import add_full_stops, load_dataset, subsample
+from conjure.sts.data import STSData, add_full_stops, load_dataset, subsample
 from conjure.sts.store import ScoreStore
 
 
@@ -34,12 +34,15 @@ def read_report(path: Path) -> dict:
     return report
 
 
-def run_scores(report: dict, dataset: str, method: str, data_dir: str | None) -> tuple[list[float], list[float]]:
-    """(human scores, the method's scores) for the pairs this report's run scored, in dataset order."""
+def run_scores(report: dict, dataset: str, method: str, data_dir: str | None) -> tuple[STSData, list[float]]:
+    """The pairs this report's run scored (with their human scores) and the method's scores, in dataset order."""
     settings = report["settings"]
     data = subsample(load_dataset(dataset, data_dir), settings.get("limit"))
     if settings.get("add_full_stop"):
         data = add_full_stops(data)
+    if not Path(settings["cache"]).is_file():  # a relative path is relative to where the run was started
+        raise ConjureError(f"the score cache {settings['cache']} that the report names is not here: "
+                           "run this from the folder the STS run was started in")
     store = ScoreStore(settings["cache"])
     try:
         stored = store.get(report["methods"][method]["key"])
@@ -49,11 +52,12 @@ def run_scores(report: dict, dataset: str, method: str, data_dir: str | None) ->
     if missing:
         raise ConjureError(f"{len(missing)} of the {len(data)} pairs of {dataset} are not in {settings['cache']} for "
                            f"{method}: run the report's command again (it resumes) or point at the right cache")
-    return data.gold, [stored[p].score for p in data.pairs]
+    return data, [stored[p].score for p in data.pairs]
 
 
 def spearman_difference(a, b, gold, axis=-1):
-    """Spearman(b, gold) - Spearman(a, gold), x100, along `axis` (vectorised for scipy.stats.bootstrap)."""
+    """Spearman(b, gold) - Spearman(a, gold), x100; over the last axis of 2-D resamples (scipy.stats.bootstrap's
+    vectorised call, axis=-1) or of one 1-D sample."""
     from scipy.stats import spearmanr
 
     def rho(x):
@@ -69,11 +73,11 @@ def compare(reference: dict, other: dict, data_dir: str | None, resamples: int, 
     rows = []
     for dataset in sorted(set(reference["datasets"]) & set(other["datasets"])):
         for method in sorted(set(reference["methods"]) & set(other["methods"])):
-            gold, a = run_scores(reference, dataset, method, data_dir)
-            gold_b, b = run_scores(other, dataset, method, data_dir)
-            if gold != gold_b:
+            data, a = run_scores(reference, dataset, method, data_dir)
+            data_b, b = run_scores(other, dataset, method, data_dir)
+            if data.pairs != data_b.pairs:
                 raise ConjureError(f"{dataset}: the two runs scored different pairs (another --limit or full-stop rule)")
-            a, b, gold = np.array(a), np.array(b), np.array(gold)
+            a, b, gold = np.array(a), np.array(b), np.array(data.gold)
             ci = bootstrap((a, b, gold), spearman_difference, paired=True, vectorized=True, n_resamples=resamples,
                            batch=200, rng=np.random.default_rng(seed)).confidence_interval
             rows.append({"dataset": dataset, "method": method, "pairs": len(gold),
