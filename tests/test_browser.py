@@ -48,13 +48,21 @@ def set_slider(page, elem_id: str, value: int):
     """Type into a slider's number box, then wait until the slider itself shows the value.
 
     The range input is drawn from the component's value, so once it moves the value is what Run sends; without
-    this wait a loaded machine can click Run before the typed value lands (CI once ran 10 steps, not 4).
+    this wait a loaded machine can click Run before the typed value lands (CI once ran 10 steps, not 4), and once
+    (just after opening "Advanced") the typed value never reached the slider at all, so it is typed again.
     """
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
-    box.blur()
-    sync_api.expect(page.locator(f"#{elem_id} input[type=range]")).to_have_value(str(value), timeout=30_000)
+    box, slider = page.locator(f"#{elem_id} input[type=number]"), page.locator(f"#{elem_id} input[type=range]")
+    deadline = time.perf_counter() + 30
+    while True:  # type again if the first input was lost (the accordion's content can still be mounting)
+        box.fill(str(value))
+        box.press("Enter")
+        box.blur()
+        try:
+            sync_api.expect(slider).to_have_value(str(value), timeout=3_000)
+            return
+        except AssertionError:
+            if time.perf_counter() > deadline:
+                raise
 
 
 def current_step(page) -> int:
