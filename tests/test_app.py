@@ -237,25 +237,26 @@ def test_run_reports_nan_and_out_of_memory(monkeypatch, failure, message):
     assert any(isinstance(u[OUT["trajectory_gif"]], str) for u in run(steps=2, stages=2))  # still serving
 
 
-def test_the_device_function_passes_only_plain_data():
-    # On ZeroGPU, conjure_on_device runs in another process: its inputs and outputs must be plain data.
-    def check(value, where):
-        if dataclasses.is_dataclass(value):
-            for f in dataclasses.fields(value):
-                check(getattr(value, f.name), f"{where}.{f.name}")
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                check(k, where)
-                check(v, f"{where}[{k!r}]")
-        elif isinstance(value, (list, tuple)):
-            for i, v in enumerate(value):
-                check(v, f"{where}[{i}]")
-        else:
-            assert isinstance(value, (str, int, float, bool, type(None), np.ndarray, np.generic)), (where, type(value))
+def assert_plain_data(value, where="value"):
+    """On ZeroGPU the device functions run in another process: what crosses must be plain data."""
+    if dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            assert_plain_data(getattr(value, f.name), f"{where}.{f.name}")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            assert_plain_data(k, where)
+            assert_plain_data(v, f"{where}[{k!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            assert_plain_data(v, f"{where}[{i}]")
+    else:
+        assert isinstance(value, (str, int, float, bool, type(None), np.ndarray, np.generic)), (where, type(value))
 
+
+def test_the_device_function_passes_only_plain_data():
     kinds = []
     for item in h.conjure_on_device("emoji", "sun", "moon", {"steps": 2, "samples": 2, "seed": 1}, 2):
-        check(item, item[0])
+        assert_plain_data(item, item[0])
         kinds.append(item[0])
     assert kinds == ["step", "step", "baseline", "morph", "morph"]
 
@@ -415,23 +416,9 @@ def test_run_matrix_reports_nan_and_out_of_memory(monkeypatch, failure, message)
 
 
 def test_the_matrix_device_function_passes_only_plain_data():
-    def check(value, where):
-        if dataclasses.is_dataclass(value):
-            for f in dataclasses.fields(value):
-                check(getattr(value, f.name), f"{where}.{f.name}")
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                check(k, where)
-                check(v, f"{where}[{k!r}]")
-        elif isinstance(value, (list, tuple)):
-            for i, v in enumerate(value):
-                check(v, f"{where}[{i}]")
-        else:
-            assert isinstance(value, (str, int, float, bool, type(None), np.ndarray, np.generic)), (where, type(value))
-
     items = list(h.matrix_on_device("emoji", ["sun", "moon", "star"], {"steps": 2, "samples": 2, "seed": 1}, 2))
     for item in items:
-        check(item, item[0])
+        assert_plain_data(item, item[0])
     assert [kind for kind, _ in items] == ["step"] * 5  # 3 pairs in batches of 2: 2 + 2 steps, then the result
     assert items[-1][1].result is not None and items[-1][1].result.jeffreys.shape == (3, 3)
 
