@@ -1,7 +1,7 @@
 """conjure: semantic similarity of texts by the images they conjure.
 
     import conjure
-    model = conjure.load_model()                       # the embedded OpenMoji model; or "sd-v1-4", a folder, a hub id
+    model = conjure.load_model()                       # the embedded emoji model; or "sd-v1-4", a folder, a hub id
     r = conjure.score(model, "snow leopard", "bengal tiger")
     r.jeffreys, r.kl_ab, r.kl_ba, r.stderr, r.per_step
     for event in conjure.stream(model, "snow leopard", "bengal tiger"):

@@ -118,7 +118,7 @@ def format_result(r) -> str:
         scale = "no calibration for these settings (python -m conjure calibrate)"
     lines = [
         f"{r.text_a!r} vs {r.text_b!r}  ({r.model}, {r.settings['steps']} steps, k={r.settings['samples']}, "
-        f"{r.settings['weighting']} weighting)",
+        f"guidance {r.settings['guidance']:g}, {r.settings['weighting']} weighting)",
         f"  Jeffreys divergence  {r.jeffreys:.4f}{se} nats ({r.jeffreys_per_dim:.3g} per dimension)",
         f"  on a human scale     {scale}",
         *[f"  prompt {which} read as     {text!r} (emoji as words)" for which, text in zip("AB", r.rewritten) if text],
@@ -324,7 +324,7 @@ def format_matrix(m) -> str:
     col = max(8, *(len(n) for n in names), *(len(c) for row in cells for c in row))
     s = m.settings
     lines = [f"{len(m.phrases)} phrases, {m.pairs} pairs ({m.model}, {s['steps']} steps, k={s['samples']}, "
-             f"{s['weighting']} weighting), {m.seconds:.1f} s",
+             f"guidance {s['guidance']:g}, {s['weighting']} weighting), {m.seconds:.1f} s",
              "Jeffreys divergence (nats; smaller = more alike):",
              " " * width + "".join(f"  {n:>{col}}" for n in names)]
     lines += [f"{name:<{width}}" + "".join(f"  {c:>{col}}" for c in row) for name, row in zip(names, cells)]
@@ -393,7 +393,7 @@ def cmd_rank(args) -> int:
             print(json.dumps(r.to_dict()))
         return 0
     print(f"{args.query.strip()!r} against {len(ranked)} candidates ({model.name}, {settings.steps} steps, "
-          f"k={settings.samples}), most alike first:")
+          f"k={settings.samples}, guidance {settings.guidance:g}), most alike first:")
     for n, r in enumerate(ranked, 1):
         scale = f"  closer than {r.percentile:.1f}% of random pairs" if r.percentile is not None else ""
         print(f"{n:>4}. {r.jeffreys:>10.4g} nats  {r.text_b}{scale}")

@@ -259,7 +259,9 @@ def test_emoji_only_prompts_score_by_their_meaning(emoji_once, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["jeffreys"] > 0 and result["rewritten"] == ["tiger face leopard fire", "lion"]
     assert main(["score", "🐯🐆🔥", "🦁", "--steps", "2"]) == 0
-    assert "prompt B read as     'lion' (emoji as words)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "prompt B read as     'lion' (emoji as words)" in out
+    assert "2 steps, k=1, guidance 1, girsanov weighting" in out  # the settings that move the score, named
 
 
 # --- score --pairs -o: every batch written as it finishes, and a rerun resumes -------------------------------

@@ -1,4 +1,4 @@
-"""The embedded OpenMoji model: loads offline, carries meaning, survives odd prompts."""
+"""The embedded emoji model: loads offline, carries meaning, survives odd prompts."""
 
 import json
 import math
@@ -43,9 +43,9 @@ def test_most_samples_are_nearest_their_own_emoji(emoji_model):
     report = evaluate_recognition(emoji_model, samples=2)
     chance = 1 / len(RECOGNITION)
     print(f"\nsamples nearest their own emoji: {report.fraction:.0%} (chance {chance:.0%})")
-    # The shipped weights reach 65% (13 of 20; see assets/emoji-32/README.md). Half, five times chance,
-    # leaves room for a few borderline samples to flip on other CPUs; the step-3,577 weights got 30%.
-    assert report.fraction >= 0.5
+    # The shipped weights reach 85% (17 of 20; see assets/emoji-32/README.md). 70% leaves room for a few
+    # borderline samples to flip on other CPUs; the previous default (step 8,064, OpenMoji only) got 65%.
+    assert report.fraction >= 0.7
 
 
 @pytest.mark.parametrize("prompt", ["zxqvbnm", "🐯", "a 🍕 slice", "tiger " * 400])

@@ -201,7 +201,9 @@ def main(argv=None):
     p.add_argument("--guidance", type=float, default=Settings().guidance,
                    help="guidance for the triplets and the app-settings checks (default: the estimator's)")
     p.add_argument("--grid", default=None, help="write a sample grid PNG here (50 steps, guidance 3)")
-    p.add_argument("--grid-app", default=None, help="write a sample grid PNG at the app's settings (--steps, --guidance)")
+    p.add_argument("--app-guidance", type=float, default=3.0,
+                   help="the app's guidance (conjure/app_handlers.py DEFAULTS), for a third recognition check at --steps")
+    p.add_argument("--grid-app", default=None, help="write a sample grid PNG at the app's settings (--steps, --app-guidance)")
     p.add_argument("--grid-guidance", type=float, default=3.0)
     p.add_argument("--grid-steps", type=int, default=50)
     p.add_argument("--write-references", metavar="DATA", default=None,
@@ -216,14 +218,15 @@ def main(argv=None):
         print(f"{'ok ' if ok else 'BAD'} {'ok ' if base else 'BAD'}  {a!r}: {n!r} < {f!r}")
     print(f"near ranked below far: conjure {report.conjure_fraction:.1%}, MiniLM cosine {report.minilm_fraction:.1%} "
           f"({len(TRIPLETS)} triplets, k={args.samples}, {args.steps} steps, guidance {args.guidance:g})")
+    settings = {(args.grid_steps, args.grid_guidance), (args.steps, args.guidance), (args.steps, args.app_guidance)}
     for prompts in (RECOGNITION, RECOGNITION_50):
-        print_recognition(model, prompts, args.samples, args.grid_steps, args.grid_guidance)
-        print_recognition(model, prompts, args.samples, args.steps, args.guidance)
+        for steps, guidance in sorted(settings, reverse=True):
+            print_recognition(model, prompts, args.samples, steps, guidance)
     if args.grid:
         sample_grid(model, steps=args.grid_steps, guidance=args.grid_guidance).save(args.grid)
         print(f"wrote {args.grid}")
     if args.grid_app:
-        sample_grid(model, steps=args.steps, guidance=args.guidance).save(args.grid_app)
+        sample_grid(model, steps=args.steps, guidance=args.app_guidance).save(args.grid_app)
         print(f"wrote {args.grid_app}")
 
 

@@ -47,7 +47,7 @@ MODEL_ALIASES = {alias: model.source for alias, model in BUILTIN_MODELS.items()}
 
 
 def default_model() -> str:
-    """The model used when none is named: $CONJURE_MODEL, else the embedded OpenMoji model."""
+    """The model used when none is named: $CONJURE_MODEL, else the embedded emoji model."""
     return os.environ.get("CONJURE_MODEL") or "emoji"
 
 

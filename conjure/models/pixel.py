@@ -1,4 +1,4 @@
-"""Adapter for pixel-space models with no VAE: the embedded OpenMoji model.
+"""Adapter for pixel-space models with no VAE: the embedded emoji model.
 
 A model folder holds `unet/` (a diffusers UNet2DConditionModel, safetensors),
 `scheduler/` (a diffusers scheduler config) and `conjure.json`, which names the
