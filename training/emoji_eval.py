@@ -199,7 +199,7 @@ def main(argv=None):
     p.add_argument("--samples", "-k", type=int, default=4)
     p.add_argument("--steps", type=int, default=10, help="sampler steps for the triplets and the app-settings checks")
     p.add_argument("--guidance", type=float, default=Settings().guidance,
-                   help="guidance for the triplets and the app-settings checks (default: the estimator's)")
+                   help="guidance for the triplets and the library-default checks at --steps (default: the estimator's)")
     p.add_argument("--grid", default=None, help="write a sample grid PNG here (50 steps, guidance 3)")
     p.add_argument("--app-guidance", type=float, default=3.0,
                    help="the app's guidance (conjure/app_handlers.py DEFAULTS), for a third recognition check at --steps")
