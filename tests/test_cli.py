@@ -264,6 +264,12 @@ def test_emoji_only_prompts_score_by_their_meaning(emoji_once, capsys):
     assert "2 steps, k=1, guidance 1, girsanov weighting" in out  # the settings that move the score, named
 
 
+def test_a_score_on_the_embedded_model_prints_its_result_and_nothing_else():
+    out = run_cli("score", "cat", "dog", "--steps", "2")
+    assert out.returncode == 0 and "Jeffreys divergence" in out.stdout
+    assert out.stderr == ""  # no loading bars or warnings around a one-line answer
+
+
 # --- score --pairs -o: every batch written as it finishes, and a rerun resumes -------------------------------
 
 def score_file(pairs, output, *extra):

@@ -208,11 +208,15 @@ def test_cli_matrix_prints_the_table_and_writes_csv_png_and_map(tiny_folder, tmp
                  "--batch-size", "4", "--csv", str(csv), "--png", str(png), "--map", str(map_png)]) == 0
     out = capsys.readouterr()
     assert "4 phrases, 6 pairs" in out.out and "repeated, scored once: 'tiger'" in out.out
-    assert "Nearest neighbour" in out.out and "pair" in out.err  # the table, and the progress bar
+    assert "Nearest neighbour" in out.out and "/6 [" in out.err  # the table, and the progress bar of 6 pairs
+    assert "0pair [" not in out.err  # no empty bar before the number of pairs is known
     assert csv.read_text().splitlines()[0] == "jeffreys,house cat,tiger,zebra,leopard"
     for path in (png, map_png):
         with Image.open(path) as image:
             assert image.format == "PNG" and image.width > 300
+
+    assert main(["matrix", "a cat", "a dog", "--model", tiny_folder, "--steps", "2"]) == 0
+    assert "2 phrases, 1 pair (" in capsys.readouterr().out
 
     assert main(["matrix", "a cat", "a dog", "a car", "--model", tiny_folder, "--steps", "2", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
