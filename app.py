@@ -26,6 +26,8 @@ CSS = """
 /* tiny images (32 px) fill their box, without blur */
 .pixelated img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
 #status { min-height: 2.5em; }
+/* the neighbours table: phrases stay on one line instead of breaking mid-word */
+#matrix-neighbours td:first-child, #matrix-neighbours th:first-child { white-space: nowrap; }
 """
 THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 
@@ -81,9 +83,9 @@ def build_matrix_tab(limits, defaults, models, default_model) -> None:
 
     status = gr.Markdown("Type some phrases, one per line, and press **Run**.", elem_id="matrix-status")
     with gr.Row(equal_height=True):
-        heatmap = gr.Image(label="What the images say: Jeffreys divergence (darker = more alike)", format="png",
+        heatmap = gr.Image(label="By the images: Jeffreys divergence (darker = closer)", format="png",
                            interactive=False, elem_id="matrix-heatmap")
-        text_heatmap = gr.Image(label="What the words say: text-encoder cosine (darker = more alike)", format="png",
+        text_heatmap = gr.Image(label="By the words: text-encoder cosine (darker = closer)", format="png",
                                 interactive=False, elem_id="matrix-text-heatmap")
     with gr.Row():
         meaning_map = gr.Image(label="A map of meanings", format="png", interactive=False, elem_id="matrix-map")

@@ -14,6 +14,16 @@ The divergence is the Jeffreys divergence between the reverse diffusion processe
 that the model runs under each text (Liu & Soatto, "Conjuring Semantic
 Similarity", ICLR 2026). Estimator settings are keyword arguments: steps,
 samples, guidance, seed, size, eta, weighting (see `conjure.Settings`).
+
+    jeffreys.py      the estimator, top to bottom          sampler.py    the one sampler (schedule, noise)
+    models/          the DiffusionModel protocol, adapters, loading and the alias table
+    matrix.py        many phrases at once                  morph.py      the concept morph
+    calibration.py   percentiles                           animation.py, figures.py   GIFs, videos, plots
+    validation.py    checks the API, CLI and app share     text.py       emoji read as words
+    cli.py, options.py, sts/   the command line and the STS benchmark
+    app_handlers.py  the web app's server side (app.py at the top level only wires widgets to it)
+
+Training the embedded model lives outside the package, in `training/`; nothing here imports it.
 """
 
 from __future__ import annotations
