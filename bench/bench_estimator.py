@@ -1,7 +1,7 @@
 """Scoring throughput of the estimator, now against a reference checkout, measured in the same run.
 
     git worktree add /tmp/conjure-ref 27d73fb        # the code before the speed work (issue 15)
-    python bench/bench_estimator.py --reference /tmp/conjure-ref [--model emoji] [--pairs 16] [--repeats 3]
+    python bench/bench_estimator.py --reference /tmp/conjure-ref --model $PWD/assets/emoji-32 [--pairs 16] [--repeats 3]
 
 Every setting runs in its own process (so each imports its own tree's `conjure` and has its own peak
 RSS), on the same 16 pairs, T = 10, k = 1, guidance 1 unless given: one pair at a time
@@ -11,8 +11,8 @@ with ratios against the reference's median in the same mode. The rows:
 
 - reference: the reference tree, float32 (what the code did before);
 - now, float32: this tree with float32 weights;
-- now, bfloat16: this tree with bfloat16 weights (opt-in: `--dtype bfloat16`; bench/bench_precision.py
-  measures what it changes);
+- now, default: this tree as it loads the model by default (the embedded model: bfloat16 on a CPU that computes
+  it natively, else float32; bench/bench_precision.py measures what bfloat16 changes);
 - now, batch sweep: pairs/s at batch sizes 1-32 in float32, to choose the automatic batch size.
 """
 
@@ -73,7 +73,7 @@ def measure(tree: Path, model: str, dtype: str, batch: int, pairs: int, repeats:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reference", type=Path, required=True, help="a checkout of the code to compare against")
-    p.add_argument("--model", default="emoji")
+    p.add_argument("--model", default="emoji", help="a folder path to give both trees the same weights")
     p.add_argument("--pairs", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=8, help="the batched rows' batch size")
@@ -90,7 +90,7 @@ def main(argv=None):
         ref = run(args.reference, "float32", batch)
         rows.append(("reference, float32", mode, ref, ref))
         rows.append(("now, float32", mode, run(ROOT, "float32", batch), ref))
-        rows.append(("now, bfloat16", mode, run(ROOT, "bfloat16", batch), ref))
+        rows.append(("now, default", mode, run(ROOT, "default", batch), ref))
     sweep = [int(b) for b in args.sweep.split(",") if b]
     for batch in sweep:
         rows.append(("now, float32", f"batch {batch} (sweep)", run(ROOT, "float32", batch), rows[0][2]))

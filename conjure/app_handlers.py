@@ -313,8 +313,8 @@ def format_result(result, cosine: float, encoder: str) -> str:
         f"| KL(A‖B) along A {number(result.kl_ab)} · KL(B‖A) along B {number(result.kl_ba)} · {spread} "
         f"| {encoder} embeddings of the two prompts |",
         "",
-        f"{result.model} · {result.settings['steps']} steps · guidance {result.settings['guidance']:g} · "
-        f"seed {result.settings['seed']} · {result.seconds:.1f} s",
+        f"{result.model} ({result.dtype}) · {result.settings['steps']} steps · "
+        f"guidance {result.settings['guidance']:g} · seed {result.settings['seed']} · {result.seconds:.1f} s",
     ])
 
 
@@ -564,8 +564,8 @@ def format_neighbours(result, encoder: str) -> str:
         lines.append(f"Repeated, scored once: {', '.join(cell(d) for d in result.duplicates)}.")
     if result.percentile is None:
         lines.append("No calibration for these settings, so no percentiles (`python -m conjure calibrate`).")
-    lines.append(f"{result.model} · {s['steps']} steps · k = {s['samples']} · guidance {s['guidance']:g} · "
-                 f"seed {s['seed']} · {result.pairs} pairs in {result.seconds:.1f} s")
+    lines.append(f"{result.model} ({result.dtype}) · {s['steps']} steps · k = {s['samples']} · "
+                 f"guidance {s['guidance']:g} · seed {s['seed']} · {result.pairs} pairs in {result.seconds:.1f} s")
     return "\n".join(lines)
 
 

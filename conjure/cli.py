@@ -65,8 +65,8 @@ def read_pairs(path: str) -> list[tuple[str, str]]:
 
 
 def result_key(r: dict) -> tuple:
-    """What makes two results the same score: the texts, the model and the estimator settings."""
-    return r["text_a"], r["text_b"], r.get("model"), json.dumps(r.get("settings"), sort_keys=True)
+    """What makes two results the same score: the texts, the model, the dtype it ran in and the estimator settings."""
+    return r["text_a"], r["text_b"], r.get("model"), r.get("dtype"), json.dumps(r.get("settings"), sort_keys=True)
 
 
 def read_results(path: Path) -> tuple[list[dict], int | None]:
@@ -117,7 +117,7 @@ def format_result(r) -> str:
     else:
         scale = "no calibration for these settings (python -m conjure calibrate)"
     lines = [
-        f"{r.text_a!r} vs {r.text_b!r}  ({r.model}, {r.settings['steps']} steps, k={r.settings['samples']}, "
+        f"{r.text_a!r} vs {r.text_b!r}  ({r.model} in {r.dtype}, {r.settings['steps']} steps, k={r.settings['samples']}, "
         f"guidance {r.settings['guidance']:g}, {r.settings['weighting']} weighting)",
         f"  Jeffreys divergence  {r.jeffreys:.4f}{se} nats ({r.jeffreys_per_dim:.3g} per dimension)",
         f"  on a human scale     {scale}",
@@ -181,22 +181,25 @@ def cmd_score(args) -> int:
             else:
                 output.write_text(text + "\n", encoding="utf-8")
             return 0
-        todo = pairs_to_score(pairs, earlier, model.name, settings, output)
+        todo = pairs_to_score(pairs, earlier, model, settings, output)
         stream_results(todo, output, torn, batch_size,
                        lambda batch: finish(conjure.score_pairs(model, batch, batch_size=batch_size, **vars(settings))))
     return 0
 
 
-def pairs_to_score(pairs, earlier: list[dict], model_name: str, settings, output) -> list[tuple[str, str]]:
+def pairs_to_score(pairs, earlier: list[dict], model, settings, output) -> list[tuple[str, str]]:
     """The pairs not yet in the output (a pair given n times is scored n times); says how many are skipped."""
     from collections import Counter
     from dataclasses import asdict
+
+    from conjure.jeffreys import dtype_name
 
     done = Counter(result_key(r) for r in earlier)
     settings_json = json.loads(json.dumps(asdict(settings)))
     todo = []
     for a, b in pairs:
-        key = result_key({"text_a": a, "text_b": b, "model": model_name, "settings": settings_json})
+        key = result_key({"text_a": a, "text_b": b, "model": model.name, "dtype": dtype_name(model),
+                          "settings": settings_json})
         if done[key]:
             done[key] -= 1
         else:
@@ -324,7 +327,7 @@ def format_matrix(m) -> str:
     col = max(8, *(len(n) for n in names), *(len(c) for row in cells for c in row))
     s = m.settings
     lines = [f"{len(m.phrases)} phrases, {m.pairs} pair{'s' if m.pairs != 1 else ''} "
-             f"({m.model}, {s['steps']} steps, k={s['samples']}, guidance {s['guidance']:g}, "
+             f"({m.model} in {m.dtype}, {s['steps']} steps, k={s['samples']}, guidance {s['guidance']:g}, "
              f"{s['weighting']} weighting), {m.seconds:.1f} s",
              "Jeffreys divergence (nats; smaller = more alike):",
              " " * width + "".join(f"  {n:>{col}}" for n in names)]
@@ -393,8 +396,8 @@ def cmd_rank(args) -> int:
         for r in ranked:
             print(json.dumps(r.to_dict()))
         return 0
-    print(f"{args.query.strip()!r} against {len(ranked)} candidates ({model.name}, {settings.steps} steps, "
-          f"k={settings.samples}, guidance {settings.guidance:g}), most alike first:")
+    print(f"{args.query.strip()!r} against {len(ranked)} candidates ({model.name} in {ranked[0].dtype}, "
+          f"{settings.steps} steps, k={settings.samples}, guidance {settings.guidance:g}), most alike first:")
     for n, r in enumerate(ranked, 1):
         scale = f"  closer than {r.percentile:.1f}% of random pairs" if r.percentile is not None else ""
         print(f"{n:>4}. {r.jeffreys:>10.4g} nats  {r.text_b}{scale}")

@@ -116,6 +116,10 @@ def step_weights(abars: Sequence[float], eta: float, weighting: str) -> list[flo
 # --- results ------------------------------------------------------------------------
 
 
+def dtype_name(model) -> str:
+    return str(model.dtype).removeprefix("torch.")
+
+
 @dataclass
 class JeffreysResult:
     text_a: str
@@ -132,6 +136,7 @@ class JeffreysResult:
     seconds: float
     settings: dict
     model: str
+    dtype: str  # what the model computed in ("float32", "bfloat16", ...): it moves a score's last digits
     truncated: list[bool] = field(default_factory=lambda: [False, False])
     # The texts the encoder read where it could not read the given ones as they were (emoji it cannot read
     # became their names, see conjure.text); None where a prompt was read as given.
@@ -335,7 +340,7 @@ def summarize(pairs, steps: list[BatchStep], seconds, settings, model, truncated
             jeffreys=float(j.mean()), kl_ab=float(kl_ab.mean()), kl_ba=float(kl_ba.mean()),
             stderr=float(j.std(unbiased=True) / math.sqrt(k)) if k > 1 else None,
             per_step=per_step, per_sample=j.tolist(), seconds=seconds, settings=asdict(settings), model=model.name,
-            truncated=truncated[p], rewritten=steps[-1].rewritten[p] if steps[-1].rewritten else [None, None],
+            dtype=dtype_name(model), truncated=truncated[p], rewritten=steps[-1].rewritten[p] if steps[-1].rewritten else [None, None],
             dims=dims,
         ))
     return results

@@ -35,7 +35,8 @@ import torch
 
 from conjure import validation
 from conjure.errors import ConjureError
-from conjure.jeffreys import JeffreysResult, Settings, check_prompt, check_settings, jeffreys_steps, summarize
+from conjure.jeffreys import (JeffreysResult, Settings, check_prompt, check_settings, dtype_name, jeffreys_steps,
+                              summarize)
 
 
 def distinct_phrases(phrases: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -107,6 +108,7 @@ class MatrixResult:
     truncated: list[bool]  # per phrase: cut to the text encoder's limit
     settings: dict  # the estimator settings (conjure.Settings as a dict)
     model: str
+    dtype: str  # what the model computed in ("float32", "bfloat16", ...)
     seconds: float  # wall time of the whole matrix: scoring, images, text encoder and percentiles
     pair_results: list[JeffreysResult] = field(default_factory=list, repr=False)  # pair (i, j), i < j, row by row
 
@@ -154,7 +156,7 @@ class MatrixResult:
             "nearest": [{"phrase": p, "nearest": q, "jeffreys": v} for p, q, v in self.nearest()],
             "nearest_by_text": [{"phrase": p, "nearest": q, "cosine": v} for p, q, v in self.nearest("text")],
             "mds": listed(self.mds()), "mds_share": self.mds_share(),
-            "pairs": self.pairs, "settings": self.settings, "model": self.model, "seconds": self.seconds,
+            "pairs": self.pairs, "settings": self.settings, "model": self.model, "dtype": self.dtype, "seconds": self.seconds,
         }
 
     def to_csv(self, which: str = "jeffreys") -> str:
@@ -245,7 +247,8 @@ def matrix_steps(model, phrases: Sequence[str], *, batch_size: int | None = None
     result = MatrixResult(
         phrases=phrases, jeffreys=jeffreys, kl=kl, stderr=stderr if s.samples > 1 else None, text_cosine=cosine,
         images=np.asarray(images), percentile=percentile, duplicates=duplicates, truncated=truncated,
-        settings=asdict(s), model=model.name, seconds=time.perf_counter() - start, pair_results=pair_results,
+        settings=asdict(s), model=model.name, dtype=dtype_name(model), seconds=time.perf_counter() - start,
+        pair_results=pair_results,
     )
     yield MatrixProgress(len(pairs), len(pairs), len(batches), len(batches), s.steps, s.steps, result)
 

@@ -14,7 +14,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                         "default: $CONJURE_MODEL or the embedded emoji model")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps; default: the best available")
     p.add_argument("--dtype", default=None, choices=["auto", "float32", "float16", "bfloat16"],
-                   help="default: float16 on a GPU, float32 on a CPU")
+                   help="default (auto): float16 on a GPU; on a CPU float32, or bfloat16 for models measured to "
+                        "score alike in it (the embedded model) where the CPU computes bfloat16 natively")
 
 
 def add_batch_size_option(p: argparse.ArgumentParser) -> None:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import conjure
 from conjure.cli import main, read_pairs
@@ -134,7 +135,7 @@ def emoji_once(monkeypatch):
     model = conjure.load_model("emoji")
     real = conjure.load_model
     monkeypatch.setattr(conjure, "load_model", lambda name=None, **kw: model if kw.get("device") is None and
-                        name in (None, "emoji", model) else real(name, **kw))
+                        kw.get("dtype") in (None, "auto") and name in (None, "emoji", model) else real(name, **kw))
     return model
 
 
@@ -164,8 +165,8 @@ PAIRS = [("a cat", "a dog"), ("a car", "a bus"), ("the sun", "the moon"), ("a tr
 @pytest.mark.parametrize("args, env, message", [
     (["score", "a", "b", "--seed", "18446744073709551616"], {}, "seed must be a whole number from 0 to 2**64 - 1"),
     (["score", "a", "b", "--size", "100000"], {}, "this run would need about"),  # tried to allocate 120 GB
-    (["score", "a", "b", "--samples", "1000"], {"CONJURE_MAX_MEMORY_GB": "16"},
-     "more than the 16 GB allowed (CONJURE_MAX_MEMORY_GB); lower --samples or --size"),
+    (["score", "a", "b", "--samples", "1000"], {"CONJURE_MAX_MEMORY_GB": "4"},  # 27 GB in float32, 14 in bfloat16
+     "more than the 4 GB allowed (CONJURE_MAX_MEMORY_GB); lower --samples or --size"),
     (["score", "a", "b", "--device", "quantum"], {}, "unknown device 'quantum'; use auto, cpu, cuda, cuda:N or mps"),
     (["score", "\x00", "b"], {}, "prompt A is empty: it holds only control or invisible characters (U+0000)"),
     (["score", "a", "𓀀"], {}, "prompt B is empty to the model: MiniLM (all-MiniLM-L6-v2) reads nothing of '𓀀'"),
@@ -313,6 +314,16 @@ def test_pairs_stream_to_the_output_and_a_rerun_resumes(emoji_once, capsys, monk
     assert score_file(pairs, out, "--steps", "3") == 0  # other settings: scored again, the earlier results kept
     assert "0 of 6 pairs already scored there" in capsys.readouterr().err
     assert [r["settings"]["steps"] for r in read_jsonl(out)] == [2] * 6 + [3] * 6
+
+
+def test_results_in_another_dtype_are_not_taken_for_this_ones(emoji_once, capsys, tmp_path, pairs_file):
+    pairs, out = pairs_file(PAIRS[:2]), tmp_path / "out.jsonl"
+    assert score_file(pairs, out) == 0
+    other = "float32" if emoji_once.dtype == torch.bfloat16 else "bfloat16"
+    capsys.readouterr()
+    assert score_file(pairs, out, "--dtype", other) == 0  # its scores differ in the last digits: scored again
+    assert "0 of 2 pairs already scored there" in capsys.readouterr().err
+    assert [r["dtype"] for r in read_jsonl(out)] == [str(emoji_once.dtype)[6:]] * 2 + [other] * 2
 
 
 def test_a_line_torn_by_a_kill_is_scored_again(emoji_once, capsys, tmp_path, pairs_file):

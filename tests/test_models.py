@@ -123,6 +123,31 @@ def test_every_adapter_implements_the_written_interface(tiny_sd1):
         assert model.text_encoder_name
 
 
+@pytest.mark.parametrize("asked, device, cpu_dtype, native, expected", [
+    (None, "cpu", None, True, torch.float32),  # a model not measured in bf16 stays in float32
+    (None, "cpu", "bfloat16", True, torch.bfloat16),  # measured, and the CPU computes bf16
+    ("auto", "cpu", "bfloat16", True, torch.bfloat16),
+    (None, "cpu", "bfloat16", False, torch.float32),  # emulated bf16 would be slower than float32
+    ("float32", "cpu", "bfloat16", True, torch.float32),  # asked for: always wins
+    (torch.float32, "cpu", "bfloat16", True, torch.float32),
+    (None, "cuda", "bfloat16", True, torch.float16),
+])
+def test_the_default_dtype(monkeypatch, asked, device, cpu_dtype, native, expected):
+    from conjure import models
+
+    monkeypatch.setattr(models, "cpu_computes_bfloat16", lambda: native)
+    assert models.pick_dtype(asked, torch.device(device), cpu_dtype) == expected
+
+
+def test_the_embedded_model_runs_in_bfloat16_only_where_the_cpu_computes_it(monkeypatch):
+    from conjure import models
+
+    monkeypatch.setattr(models, "cpu_computes_bfloat16", lambda: False)
+    assert conjure.load_model("emoji").dtype == torch.float32
+    monkeypatch.setattr(models, "cpu_computes_bfloat16", lambda: True)
+    assert conjure.load_model("emoji").dtype == torch.bfloat16
+
+
 def test_a_pipeline_object_is_cast_to_the_dtype_asked_for():
     pipe = PIPELINES["sd1"]()
     assert conjure.load_model(pipe).dtype == torch.float32  # as built

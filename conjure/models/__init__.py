@@ -64,14 +64,26 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """fp16 on a GPU, fp32 on a CPU, unless asked otherwise."""
+def cpu_computes_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX). Without them torch emulates bf16,
+    which is slower than float32, so bf16 is only ever chosen where they exist."""
+    cpu = torch.cpu
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, so looked up defensively
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+def pick_dtype(dtype: str | torch.dtype | None, device: torch.device, cpu_dtype: str | None = None) -> torch.dtype:
+    """The dtype asked for; by default ("auto") fp16 on a GPU, and on a CPU fp32, or bf16 where the model's
+    folder names it (`cpu_dtype`, set only for weights measured to score like fp32 in bf16) and the CPU
+    computes bf16 natively."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is not None and not isinstance(dtype, str):
         raise ConjureError(f"dtype must be a name such as 'float32' or a torch.dtype, got {type(dtype).__name__}")
     if dtype in (None, "auto"):
-        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+        if device.type in ("cuda", "mps"):
+            return torch.float16
+        return torch.bfloat16 if cpu_dtype == "bfloat16" and cpu_computes_bfloat16() else torch.float32
     names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
              "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
     if dtype not in names:
@@ -119,9 +131,9 @@ def load_model(model=None, device: str | None = None, dtype: str | torch.dtype |
     name = MODEL_ALIASES.get(model, model)
     path = Path(name).expanduser()
     if (path / "conjure.json").is_file():
-        from conjure.models.pixel import PixelModel
+        from conjure.models.pixel import PixelModel, measured_cpu_dtype
 
-        return PixelModel.from_folder(path, device=dev, dtype=torch_dtype)
+        return PixelModel.from_folder(path, device=dev, dtype=pick_dtype(dtype, dev, measured_cpu_dtype(path)))
     if model == "emoji" or path == EMBEDDED_MODEL:
         raise ModelLoadError(f"the embedded model is missing from {EMBEDDED_MODEL}; train it with `python -m training.train`")
     return wrap_pipeline(_from_pretrained(name, torch_dtype).to(dev), model)

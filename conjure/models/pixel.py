@@ -19,6 +19,13 @@ from conjure.minilm import MiniLM
 from conjure.models.base import Conditioning, to_epsilon, to_uint8
 
 
+def measured_cpu_dtype(folder: str | Path) -> str | None:
+    """The dtype `conjure.json` names for CPUs that compute it natively ("bfloat16"), if any: written by hand
+    once the weights were measured to rank pairs as in float32 (bench/bench_precision.py), never by training,
+    so new weights start in float32 until measured."""
+    return json.loads((Path(folder) / "conjure.json").read_text()).get("cpu_dtype")
+
+
 class PixelModel:
     text_encoder_name = "MiniLM (all-MiniLM-L6-v2)"  # whose cosine `text_embedding` gives (the baseline)
 
