@@ -117,8 +117,8 @@ def format_result(r) -> str:
     else:
         scale = "no calibration for these settings (python -m conjure calibrate)"
     lines = [
-        f"{r.text_a!r} vs {r.text_b!r}  ({r.model} in {r.dtype}, {r.settings['steps']} steps, k={r.settings['samples']}, "
-        f"guidance {r.settings['guidance']:g}, {r.settings['weighting']} weighting)",
+        f"{r.text_a!r} vs {r.text_b!r}  ({r.model} in {r.dtype}, {r.settings['steps']} steps, "
+        f"k={r.settings['samples']}, guidance {r.settings['guidance']:g}, {r.settings['weighting']} weighting)",
         f"  Jeffreys divergence  {r.jeffreys:.4f}{se} nats ({r.jeffreys_per_dim:.3g} per dimension)",
         f"  on a human scale     {scale}",
         *[f"  prompt {which} read as     {text!r} (emoji as words)" for which, text in zip("AB", r.rewritten) if text],

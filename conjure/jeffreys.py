@@ -340,8 +340,8 @@ def summarize(pairs, steps: list[BatchStep], seconds, settings, model, truncated
             jeffreys=float(j.mean()), kl_ab=float(kl_ab.mean()), kl_ba=float(kl_ba.mean()),
             stderr=float(j.std(unbiased=True) / math.sqrt(k)) if k > 1 else None,
             per_step=per_step, per_sample=j.tolist(), seconds=seconds, settings=asdict(settings), model=model.name,
-            dtype=dtype_name(model), truncated=truncated[p], rewritten=steps[-1].rewritten[p] if steps[-1].rewritten else [None, None],
-            dims=dims,
+            dtype=dtype_name(model), truncated=truncated[p],
+            rewritten=steps[-1].rewritten[p] if steps[-1].rewritten else [None, None], dims=dims,
         ))
     return results
 

@@ -156,7 +156,8 @@ class MatrixResult:
             "nearest": [{"phrase": p, "nearest": q, "jeffreys": v} for p, q, v in self.nearest()],
             "nearest_by_text": [{"phrase": p, "nearest": q, "cosine": v} for p, q, v in self.nearest("text")],
             "mds": listed(self.mds()), "mds_share": self.mds_share(),
-            "pairs": self.pairs, "settings": self.settings, "model": self.model, "dtype": self.dtype, "seconds": self.seconds,
+            "pairs": self.pairs, "settings": self.settings, "model": self.model, "dtype": self.dtype,
+            "seconds": self.seconds,
         }
 
     def to_csv(self, which: str = "jeffreys") -> str:

@@ -323,7 +323,7 @@ def test_results_in_another_dtype_are_not_taken_for_this_ones(emoji_once, capsys
     capsys.readouterr()
     assert score_file(pairs, out, "--dtype", other) == 0  # its scores differ in the last digits: scored again
     assert "0 of 2 pairs already scored there" in capsys.readouterr().err
-    assert [r["dtype"] for r in read_jsonl(out)] == [str(emoji_once.dtype)[6:]] * 2 + [other] * 2
+    assert [r["dtype"] for r in read_jsonl(out)] == [str(emoji_once.dtype).removeprefix("torch.")] * 2 + [other] * 2
 
 
 def test_a_line_torn_by_a_kill_is_scored_again(emoji_once, capsys, tmp_path, pairs_file):
