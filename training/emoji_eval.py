@@ -196,6 +196,8 @@ def main(argv=None):
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="emoji")
+    p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16"],
+                   help="as conjure.load_model (bfloat16 where the model's folder and the CPU allow, else float32)")
     p.add_argument("--samples", "-k", type=int, default=4)
     p.add_argument("--steps", type=int, default=10, help="sampler steps for the triplets and the app-settings checks")
     p.add_argument("--guidance", type=float, default=Settings().guidance,
@@ -212,7 +214,8 @@ def main(argv=None):
     if args.write_references:
         print(f"wrote {write_references(Path(args.write_references))}")
         return
-    model = conjure.load_model(args.model)
+    model = conjure.load_model(args.model, dtype=args.dtype)
+    print(f"{model.name} in {str(model.dtype).removeprefix('torch.')}")
     report = evaluate_triplets(model, samples=args.samples, steps=args.steps, guidance=args.guidance, progress=True)
     for (a, n, f), ok, base in zip(TRIPLETS, report.conjure_correct, report.minilm_correct):
         print(f"{'ok ' if ok else 'BAD'} {'ok ' if base else 'BAD'}  {a!r}: {n!r} < {f!r}")
