@@ -65,8 +65,10 @@ def read_pairs(path: str) -> list[tuple[str, str]]:
 
 
 def result_key(r: dict) -> tuple:
-    """What makes two results the same score: the texts, the model, the dtype it ran in and the estimator settings."""
-    return r["text_a"], r["text_b"], r.get("model"), r.get("dtype"), json.dumps(r.get("settings"), sort_keys=True)
+    """What makes two results the same score: the texts, the model, how it computed (dtype, compiled) and the
+    estimator settings."""
+    return (r["text_a"], r["text_b"], r.get("model"), r.get("dtype"), r.get("compiled", False),
+            json.dumps(r.get("settings"), sort_keys=True))
 
 
 def read_results(path: Path) -> tuple[list[dict], int | None]:
@@ -110,6 +112,11 @@ def score_output(args) -> tuple[Path | None, list[dict], int | None]:
     return (output, *read_results(output))
 
 
+def computed_in(r) -> str:
+    """How a result was computed, for headers: "bfloat16", or "bfloat16, compiled"."""
+    return f"{r.dtype}, compiled" if r.compiled else r.dtype
+
+
 def format_result(r) -> str:
     se = f" ± {r.stderr:.4g}" if r.stderr is not None else ""
     if r.percentile is not None:
@@ -117,7 +124,7 @@ def format_result(r) -> str:
     else:
         scale = "no calibration for these settings (python -m conjure calibrate)"
     lines = [
-        f"{r.text_a!r} vs {r.text_b!r}  ({r.model} in {r.dtype}, {r.settings['steps']} steps, "
+        f"{r.text_a!r} vs {r.text_b!r}  ({r.model} in {computed_in(r)}, {r.settings['steps']} steps, "
         f"k={r.settings['samples']}, guidance {r.settings['guidance']:g}, {r.settings['weighting']} weighting)",
         f"  Jeffreys divergence  {r.jeffreys:.4f}{se} nats ({r.jeffreys_per_dim:.3g} per dimension)",
         f"  on a human scale     {scale}",
@@ -149,7 +156,7 @@ def cmd_score(args) -> int:
         raise ConjureError("give two texts, or --pairs FILE")
     output, earlier, torn = score_output(args)  # checked before the model loads
 
-    model = conjure.load_model(args.model, device=args.device, dtype=args.dtype)
+    model = conjure.load_model(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
     check_settings(model, settings)
     where = (lambda n: f" on line {n} of {args.pairs}") if args.pairs else (lambda n: "")
     validation.check_readable(model, [(f"{ab}{where(n)}", text) for n, a, b in lines for ab, text in zip("AB", (a, b))])
@@ -199,7 +206,7 @@ def pairs_to_score(pairs, earlier: list[dict], model, settings, output) -> list[
     todo = []
     for a, b in pairs:
         key = result_key({"text_a": a, "text_b": b, "model": model.name, "dtype": dtype_name(model),
-                          "settings": settings_json})
+                          "compiled": getattr(model, "compiled", False), "settings": settings_json})
         if done[key]:
             done[key] -= 1
         else:
@@ -256,7 +263,7 @@ def cmd_calibrate(args) -> int:
     settings = settings_from(args)
     if args.output:  # before the scoring, which an unwritable file would otherwise lose
         validation.check_output_path(args.output)
-    model = conjure.load_model(args.model, device=args.device, dtype=args.dtype)
+    model = conjure.load_model(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
     path = Path(args.output) if args.output else calibration.default_path(model)
     result = calibration.calibrate(model, pairs=args.pairs, batch_size=args.batch_size, **vars(settings))
     try:
@@ -327,7 +334,7 @@ def format_matrix(m) -> str:
     col = max(8, *(len(n) for n in names), *(len(c) for row in cells for c in row))
     s = m.settings
     lines = [f"{len(m.phrases)} phrases, {m.pairs} pair{'s' if m.pairs != 1 else ''} "
-             f"({m.model} in {m.dtype}, {s['steps']} steps, k={s['samples']}, guidance {s['guidance']:g}, "
+             f"({m.model} in {computed_in(m)}, {s['steps']} steps, k={s['samples']}, guidance {s['guidance']:g}, "
              f"{s['weighting']} weighting), {m.seconds:.1f} s",
              "Jeffreys divergence (nats; smaller = more alike):",
              " " * width + "".join(f"  {n:>{col}}" for n in names)]
@@ -354,7 +361,7 @@ def cmd_matrix(args) -> int:
     if args.csv and not Path(args.csv).parent.is_dir():
         raise ConjureError(f"cannot write {args.csv}: no folder {Path(args.csv).parent}")
     settings = settings_from(args)
-    model = conjure.load_model(args.model, device=args.device, dtype=args.dtype)
+    model = conjure.load_model(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
     with warnings.catch_warnings():
         warnings.simplefilter("once", conjure.PromptTruncatedWarning)
         warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
@@ -386,7 +393,7 @@ def cmd_rank(args) -> int:
     if repeated:
         print("repeated, scored once: " + ", ".join(repr(r) for r in repeated), file=sys.stderr)
     settings = settings_from(args)
-    model = conjure.load_model(args.model, device=args.device, dtype=args.dtype)
+    model = conjure.load_model(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
     with warnings.catch_warnings():
         warnings.simplefilter("once", conjure.PromptTruncatedWarning)
         warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
@@ -396,8 +403,8 @@ def cmd_rank(args) -> int:
         for r in ranked:
             print(json.dumps(r.to_dict()))
         return 0
-    print(f"{args.query.strip()!r} against {len(ranked)} candidates ({model.name} in {ranked[0].dtype}, "
-          f"{settings.steps} steps, k={settings.samples}, guidance {settings.guidance:g}), most alike first:")
+    print(f"{args.query.strip()!r} against {len(ranked)} candidates ({model.name} in "
+          f"{computed_in(ranked[0])}, {settings.steps} steps, k={settings.samples}, guidance {settings.guidance:g}), most alike first:")
     for n, r in enumerate(ranked, 1):
         scale = f"  closer than {r.percentile:.1f}% of random pairs" if r.percentile is not None else ""
         print(f"{n:>4}. {r.jeffreys:>10.4g} nats  {r.text_b}{scale}")
@@ -447,7 +454,7 @@ def cmd_morph(args) -> int:
     kinds = {kind for kind, _ in outputs}
     settings = settings_from(args)
     panel = {"panel": args.panel} if args.panel else {}
-    model = conjure.load_model(args.model, device=args.device, dtype=args.dtype)
+    model = conjure.load_model(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
     animations = {}
     if "trajectories" in kinds:
         events = list(conjure.stream(model, args.text_a, args.text_b, **vars(settings)))

@@ -55,6 +55,7 @@ import torch
 
 from conjure import validation
 from conjure.errors import ConjureError
+from conjure.models import compiled_batch_size
 from conjure.models.base import Conditioning
 from conjure.sampler import advance, common_noise, ddim_sigma, guided, schedule
 
@@ -137,6 +138,7 @@ class JeffreysResult:
     settings: dict
     model: str
     dtype: str  # what the model computed in ("float32", "bfloat16", ...): it moves a score's last digits
+    compiled: bool = False  # the UNet ran through torch.compile (load_model(compile=True)), which moves them too
     truncated: list[bool] = field(default_factory=lambda: [False, False])
     # The texts the encoder read where it could not read the given ones as they were (emoji it cannot read
     # became their names, see conjure.text); None where a prompt was read as given.
@@ -291,11 +293,16 @@ def jeffreys_steps(model, pairs: Sequence[tuple[str, str]], settings: Settings =
     x = x_T.to(device).expand(len(prompts), *x_T.shape).clone()  # (trajectories, k, C, H, W)
     weights = step_weights([step.abar_t for step in steps], settings.eta, settings.weighting)
 
+    compiled = getattr(model, "compiled", False)
     for i, step in enumerate(steps):
         run = first if i == 0 else later
-        states = x[run.states.to(device)].reshape(-1, *shape)
+        states, rows = x[run.states.to(device)].reshape(-1, *shape), run.rows
+        n = len(states)
+        if compiled:  # pad to one of a few batch sizes, each compiled once, by repeating the last row
+            keep = torch.arange(compiled_batch_size(n)).clamp(max=n - 1)
+            states, rows = states[keep.to(device)], rows.take(keep)
         t_batch = torch.full((len(states),), step.timestep, dtype=torch.long, device=device)
-        out = model.predict_noise(states, t_batch, run.rows).float().reshape(len(run.states), k, *shape)
+        out = model.predict_noise(states, t_batch, rows)[:n].float().reshape(len(run.states), k, *shape)
         evaluations = out[run.serves.to(out.device)]  # (len(needed), k, C, H, W)
 
         eps = evaluations[reads.to(out.device)]  # (P, 2, 3, k, C, H, W)
@@ -340,7 +347,7 @@ def summarize(pairs, steps: list[BatchStep], seconds, settings, model, truncated
             jeffreys=float(j.mean()), kl_ab=float(kl_ab.mean()), kl_ba=float(kl_ba.mean()),
             stderr=float(j.std(unbiased=True) / math.sqrt(k)) if k > 1 else None,
             per_step=per_step, per_sample=j.tolist(), seconds=seconds, settings=asdict(settings), model=model.name,
-            dtype=dtype_name(model), truncated=truncated[p],
+            dtype=dtype_name(model), compiled=getattr(model, "compiled", False), truncated=truncated[p],
             rewritten=steps[-1].rewritten[p] if steps[-1].rewritten else [None, None], dims=dims,
         ))
     return results

@@ -111,6 +111,7 @@ class MatrixResult:
     dtype: str  # what the model computed in ("float32", "bfloat16", ...)
     seconds: float  # wall time of the whole matrix: scoring, images, text encoder and percentiles
     pair_results: list[JeffreysResult] = field(default_factory=list, repr=False)  # pair (i, j), i < j, row by row
+    compiled: bool = False  # the UNet ran through torch.compile (load_model(compile=True))
 
     @property
     def pairs(self) -> int:
@@ -157,7 +158,7 @@ class MatrixResult:
             "nearest_by_text": [{"phrase": p, "nearest": q, "cosine": v} for p, q, v in self.nearest("text")],
             "mds": listed(self.mds()), "mds_share": self.mds_share(),
             "pairs": self.pairs, "settings": self.settings, "model": self.model, "dtype": self.dtype,
-            "seconds": self.seconds,
+            "compiled": self.compiled, "seconds": self.seconds,
         }
 
     def to_csv(self, which: str = "jeffreys") -> str:
@@ -249,7 +250,7 @@ def matrix_steps(model, phrases: Sequence[str], *, batch_size: int | None = None
         phrases=phrases, jeffreys=jeffreys, kl=kl, stderr=stderr if s.samples > 1 else None, text_cosine=cosine,
         images=np.asarray(images), percentile=percentile, duplicates=duplicates, truncated=truncated,
         settings=asdict(s), model=model.name, dtype=dtype_name(model), seconds=time.perf_counter() - start,
-        pair_results=pair_results,
+        pair_results=pair_results, compiled=getattr(model, "compiled", False),
     )
     yield MatrixProgress(len(pairs), len(pairs), len(batches), len(batches), s.steps, s.steps, result)
 

@@ -16,6 +16,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, choices=["auto", "float32", "float16", "bfloat16"],
                    help="default (auto): float16 on a GPU; on a CPU float32, or bfloat16 for models measured to "
                         "score alike in it (the embedded model) where the CPU computes bfloat16 natively")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the UNet with torch.compile: about 15%% faster per call in bfloat16 on a CPU, after "
+                        "about 20 s of compiling per batch shape (seconds once cached); for long runs")
 
 
 def add_batch_size_option(p: argparse.ArgumentParser) -> None:

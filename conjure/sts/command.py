@@ -85,7 +85,7 @@ def build_methods(names: list[str], args, device: str | None) -> tuple[list, obj
 
     model = None
     if "conjure" in names or "text-encoder" in names:
-        model = conjure.load_model(args.model, device=device, dtype=args.dtype)
+        model = conjure.load_model(args.model, device=device, dtype=args.dtype, compile=args.compile)
     methods = []
     for name in names:
         if name == "conjure":
@@ -134,6 +134,7 @@ def command_line(args, datasets: list[str], methods: list[str]) -> str:
         parts.append("--ablation")
     if "conjure" in methods or "text-encoder" in methods:
         parts += ["--model", args.model or default_model()] + (["--dtype", args.dtype] if args.dtype else [])
+        parts += ["--compile"] if args.compile else []
     if "conjure" in methods:
         s = settings_from(args)
         parts += ["--steps", str(s.steps), "--samples", str(s.samples), "--guidance", str(s.guidance),

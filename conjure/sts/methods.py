@@ -100,6 +100,8 @@ def model_identity(model) -> dict:
         "null_prompt": getattr(model, "null_prompt", None),
         "pooled_scale": getattr(model, "pooled_scale", None),  # pixel models: scales the conditioning
         "prompt_rewriting": "emoji-as-words-1",  # conjure.text: emoji become their names before encoding
+        # compiled scores differ in the last digits; only named when set, so earlier caches keep their key
+        **({"compiled": True} if getattr(model, "compiled", False) else {}),
     }
 
 
