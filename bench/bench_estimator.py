@@ -2,6 +2,7 @@
 
     git worktree add /tmp/conjure-ref 27d73fb        # the code before the speed work (issue 15)
     python bench/bench_estimator.py --reference /tmp/conjure-ref --model $PWD/assets/emoji-32 [--pairs 16] [--repeats 3]
+        [--compiled] [--sweep 1,4,8] [--sweep-dtypes float32,default] [--skip-comparison]
 
 Every setting runs in its own process (so each imports its own tree's `conjure` and has its own peak
 RSS), on the same 16 pairs, T = 10, k = 1, guidance 1 unless given: one pair at a time
