@@ -365,6 +365,7 @@ def test_resume_after_kill_recomputes_nothing(tmp_path, tiny_model):
         assert resumed["datasets"]["stsb"]["methods"]["conjure"][metric] == pytest.approx(
             fresh["datasets"]["stsb"]["methods"]["conjure"][metric], abs=1e-9)
     assert table_without_timing(resumed_md.read_text()) == table_without_timing(fresh_md.read_text())
+    assert re.search(r"^Model: \S+ \(float32\) on cpu\.$", fresh_md.read_text(), re.MULTILINE)  # how it computed
 
     # and a third run of the same command computes nothing at all
     again_json = tmp_path / "again.json"

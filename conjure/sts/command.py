@@ -169,7 +169,7 @@ def build_report(args, data, methods, model, scores, counts, processes: int, cac
     if model is not None:
         identity = next(m.identity["model"] for m in methods if m.name in ("conjure", "text-encoder"))
         model_info = {"name": model.name, "weights": identity["weights"], "dtype": identity["dtype"],
-                      "device": str(model.device)}
+                      "compiled": getattr(model, "compiled", False), "device": str(model.device)}
     device = str(model.device) if model is not None else str(methods[0].encoder.device)
     return {
         "command": command_line(args, list(results), [m.name for m in methods]),

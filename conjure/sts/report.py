@@ -86,6 +86,10 @@ def markdown(report: dict) -> str:
         out.append(f"| {d['title']} | " + " | ".join(str(d["methods"][m]["truncated_prompts"]) for m in methods) + " |")
     out.append("")
     out.append("Methods: " + "; ".join(f"{m}: {info['description']}" for m, info in report["methods"].items()) + ".")
+    if report.get("model"):
+        m = report["model"]
+        how = m["dtype"].removeprefix("torch.") + (", compiled" if m.get("compiled") else "")
+        out.append(f"Model: {m['name']} ({how}) on {m['device']}.")
     if "conjure" in report["methods"]:
         s = report["settings"]["estimator"]
         out.append(f"Estimator: steps={s['steps']}, samples={s['samples']}, guidance={s['guidance']}, seed={s['seed']}, "
