@@ -9,6 +9,7 @@
     results = conjure.score_pairs(model, [("a", "b"), ...])            # batch size chosen from model and device
     m = conjure.similarity_matrix(model, ["leopard", "cheetah", "zebra"])    # N x N, images, map
     conjure.rank(model, "leopard", ["cheetah", "zebra"])                    # most alike first
+    model = conjure.load_model(compile=True)           # torch.compile'd UNet: for long runs (README, Speed)
 
 The divergence is the Jeffreys divergence between the reverse diffusion processes
 that the model runs under each text (Liu & Soatto, "Conjuring Semantic
