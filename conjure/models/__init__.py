@@ -172,8 +172,8 @@ def compile_denoiser(model):
     each batch shape compiles once per process: 20-35 s, several seconds once inductor's on-disk cache
     ($TORCHINDUCTOR_CACHE_DIR, by default /tmp/torchinductor_$USER) holds it. The estimator pads a compiled
     model's batches to a few sizes (`compiled_batch_size`) so that a long run compiles a handful of shapes, not
-    one per batch. Compiled scores differ from eager ones in the last digits,
-    as another dtype's do; `model.compiled` says so, and results carry it.
+    one per batch. Compiled scores differ from eager ones in the last digits, as another dtype's do;
+    `model.compiled` says so, and results carry it.
     """
     unet = getattr(model, "unet", None)
     if not isinstance(unet, torch.nn.Module):
