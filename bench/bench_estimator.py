@@ -49,7 +49,8 @@ import conjure
 model_name, dtype, batch, n, repeats, settings = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), json.loads(sys.argv[6])
 compiled = sys.argv[7] == "1"
 pairs = json.loads(sys.stdin.read())[:n]
-model = conjure.load_model(model_name, **({} if dtype == "default" else {"dtype": dtype}), **({"compile": True} if compiled else {}))
+options = ({} if dtype == "default" else {"dtype": dtype}) | ({"compile": True} if compiled else {})
+model = conjure.load_model(model_name, **options)  # the reference's load_model has no compile argument
 def run(pairs):
     if batch == 0:
         return [conjure.score(model, a, b, **settings).jeffreys for a, b in pairs]
@@ -62,7 +63,8 @@ for _ in range(repeats):
     start = time.perf_counter()
     scores = run(pairs)
     rates.append(len(pairs) / (time.perf_counter() - start))
-print(json.dumps({"rates": rates, "scores": scores, "dtype": str(model.dtype), "file": conjure.__file__, "warmup": warmup,
+print(json.dumps({"rates": rates, "scores": scores, "dtype": str(model.dtype), "file": conjure.__file__,
+                  "warmup": warmup,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -100,11 +102,14 @@ def main(argv=None):
     p.add_argument("--guidance", type=float, default=1.0)
     args = p.parse_args(argv)
     settings = {"steps": args.steps, "samples": args.samples, "guidance": args.guidance}
+
     def run(tree, dtype, batch, compiled=False):
         return measure(tree, args.model, dtype, batch, args.pairs, args.repeats, settings, compiled)
 
     rows = []
-    modes = (("one pair at a time", 0),) + (() if args.skip_comparison else ((f"batch {args.batch_size}", args.batch_size),))
+    modes = [("one pair at a time", 0)]
+    if not args.skip_comparison:
+        modes.append((f"batch {args.batch_size}", args.batch_size))
     for mode, batch in modes:
         ref = run(args.reference, "float32", batch)
         rows.append(("reference, float32", mode, ref, ref))

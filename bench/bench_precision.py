@@ -65,8 +65,8 @@ def main(argv=None):
         dev_scores, speed = scores(model, dev.pairs, args.batch_size, settings)
         triplet_scores, _ = scores(model, triplet_pairs, args.batch_size, settings)
         runs[name] = {"dev": dev_scores, "pairs_per_s": speed,
-                       "verdicts": triplet_scores[0::2] < triplet_scores[1::2],
-                       "human": 100 * spearmanr(-dev_scores, dev.gold).statistic}
+                      "verdicts": triplet_scores[0::2] < triplet_scores[1::2],
+                      "human": 100 * spearmanr(-dev_scores, dev.gold).statistic}
 
     ref, low = runs["float32"], runs[low_name]
     rel = np.abs(low["dev"] - ref["dev"]) / np.maximum(np.abs(ref["dev"]), 1e-12)
