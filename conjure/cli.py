@@ -15,7 +15,8 @@ from pathlib import Path
 
 from conjure import sts, validation
 from conjure.errors import ConjureError
-from conjure.options import add_batch_size_option, add_estimator_options, add_model_options, settings_from
+from conjure.jeffreys import computed_in
+from conjure.options import add_batch_size_option, add_estimator_options, add_model_options, model_from, settings_from
 
 
 def read_pair_lines(path: str) -> list[tuple[int, str, str]]:
@@ -112,11 +113,6 @@ def score_output(args) -> tuple[Path | None, list[dict], int | None]:
     return (output, *read_results(output))
 
 
-def computed_in(r) -> str:
-    """How a result was computed, for headers: "bfloat16", or "bfloat16, compiled"."""
-    return f"{r.dtype}, compiled" if r.compiled else r.dtype
-
-
 def format_result(r) -> str:
     se = f" ± {r.stderr:.4g}" if r.stderr is not None else ""
     if r.percentile is not None:
@@ -124,8 +120,8 @@ def format_result(r) -> str:
     else:
         scale = "no calibration for these settings (python -m conjure calibrate)"
     lines = [
-        f"{r.text_a!r} vs {r.text_b!r}  ({r.model} in {computed_in(r)}, {r.settings['steps']} steps, "
-        f"k={r.settings['samples']}, guidance {r.settings['guidance']:g}, {r.settings['weighting']} weighting)",
+        f"{r.text_a!r} vs {r.text_b!r}  ({r.model} in {computed_in(r.dtype, r.compiled)}, "
+        f"{r.settings['steps']} steps, k={r.settings['samples']}, guidance {r.settings['guidance']:g}, {r.settings['weighting']} weighting)",
         f"  Jeffreys divergence  {r.jeffreys:.4f}{se} nats ({r.jeffreys_per_dim:.3g} per dimension)",
         f"  on a human scale     {scale}",
         *[f"  prompt {which} read as     {text!r} (emoji as words)" for which, text in zip("AB", r.rewritten) if text],
@@ -156,7 +152,7 @@ def cmd_score(args) -> int:
         raise ConjureError("give two texts, or --pairs FILE")
     output, earlier, torn = score_output(args)  # checked before the model loads
 
-    model = conjure.load_model(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
+    model = model_from(args)
     check_settings(model, settings)
     where = (lambda n: f" on line {n} of {args.pairs}") if args.pairs else (lambda n: "")
     validation.check_readable(model, [(f"{ab}{where(n)}", text) for n, a, b in lines for ab, text in zip("AB", (a, b))])
@@ -255,7 +251,6 @@ def stream_results(todo, output: Path | None, torn: int | None, batch_size: int,
 def cmd_calibrate(args) -> int:
     import numpy as np
 
-    import conjure
     from conjure import calibration
 
     if args.pairs < 10:
@@ -263,7 +258,7 @@ def cmd_calibrate(args) -> int:
     settings = settings_from(args)
     if args.output:  # before the scoring, which an unwritable file would otherwise lose
         validation.check_output_path(args.output)
-    model = conjure.load_model(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
+    model = model_from(args)
     path = Path(args.output) if args.output else calibration.default_path(model)
     result = calibration.calibrate(model, pairs=args.pairs, batch_size=args.batch_size, **vars(settings))
     try:
@@ -334,8 +329,8 @@ def format_matrix(m) -> str:
     col = max(8, *(len(n) for n in names), *(len(c) for row in cells for c in row))
     s = m.settings
     lines = [f"{len(m.phrases)} phrases, {m.pairs} pair{'s' if m.pairs != 1 else ''} "
-             f"({m.model} in {computed_in(m)}, {s['steps']} steps, k={s['samples']}, guidance {s['guidance']:g}, "
-             f"{s['weighting']} weighting), {m.seconds:.1f} s",
+             f"({m.model} in {computed_in(m.dtype, m.compiled)}, {s['steps']} steps, k={s['samples']}, "
+             f"guidance {s['guidance']:g}, {s['weighting']} weighting), {m.seconds:.1f} s",
              "Jeffreys divergence (nats; smaller = more alike):",
              " " * width + "".join(f"  {n:>{col}}" for n in names)]
     lines += [f"{name:<{width}}" + "".join(f"  {c:>{col}}" for c in row) for name, row in zip(names, cells)]
@@ -361,7 +356,7 @@ def cmd_matrix(args) -> int:
     if args.csv and not Path(args.csv).parent.is_dir():
         raise ConjureError(f"cannot write {args.csv}: no folder {Path(args.csv).parent}")
     settings = settings_from(args)
-    model = conjure.load_model(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
+    model = model_from(args)
     with warnings.catch_warnings():
         warnings.simplefilter("once", conjure.PromptTruncatedWarning)
         warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
@@ -393,7 +388,7 @@ def cmd_rank(args) -> int:
     if repeated:
         print("repeated, scored once: " + ", ".join(repr(r) for r in repeated), file=sys.stderr)
     settings = settings_from(args)
-    model = conjure.load_model(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
+    model = model_from(args)
     with warnings.catch_warnings():
         warnings.simplefilter("once", conjure.PromptTruncatedWarning)
         warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
@@ -404,7 +399,8 @@ def cmd_rank(args) -> int:
             print(json.dumps(r.to_dict()))
         return 0
     print(f"{args.query.strip()!r} against {len(ranked)} candidates ({model.name} in "
-          f"{computed_in(ranked[0])}, {settings.steps} steps, k={settings.samples}, guidance {settings.guidance:g}), most alike first:")
+          f"{computed_in(ranked[0].dtype, ranked[0].compiled)}, {settings.steps} steps, k={settings.samples}, "
+          f"guidance {settings.guidance:g}), most alike first:")
     for n, r in enumerate(ranked, 1):
         scale = f"  closer than {r.percentile:.1f}% of random pairs" if r.percentile is not None else ""
         print(f"{n:>4}. {r.jeffreys:>10.4g} nats  {r.text_b}{scale}")
@@ -454,7 +450,7 @@ def cmd_morph(args) -> int:
     kinds = {kind for kind, _ in outputs}
     settings = settings_from(args)
     panel = {"panel": args.panel} if args.panel else {}
-    model = conjure.load_model(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
+    model = model_from(args)
     animations = {}
     if "trajectories" in kinds:
         events = list(conjure.stream(model, args.text_a, args.text_b, **vars(settings)))

@@ -121,6 +121,11 @@ def dtype_name(model) -> str:
     return str(model.dtype).removeprefix("torch.")
 
 
+def computed_in(dtype: str, compiled: bool) -> str:
+    """How a result was computed, for headers and reports: "bfloat16", or "bfloat16, compiled"."""
+    return f"{dtype.removeprefix('torch.')}, compiled" if compiled else dtype.removeprefix("torch.")
+
+
 @dataclass
 class JeffreysResult:
     text_a: str

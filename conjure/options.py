@@ -21,6 +21,13 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                         "about 20 s of compiling per batch shape (seconds once cached); for long runs")
 
 
+def model_from(args, device: str | None = None):
+    """The model the options name (`device` overrides --device, as `sts` picks one per process)."""
+    import conjure  # looked up at call time, so that tests can stand a model in for conjure.load_model
+
+    return conjure.load_model(args.model, device=device or args.device, dtype=args.dtype, compile=args.compile)
+
+
 def add_batch_size_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None,
                    help="pairs per batched model call (default: chosen from the model, the device and its memory)")

@@ -82,6 +82,6 @@ def test_the_cli_says_a_result_was_compiled():
     from conjure.cli import computed_in
 
     r = conjure.score(conjure.load_model(tiny_sd(1)), "a", "b", steps=2)
-    assert computed_in(r) == str(r.dtype)
+    assert computed_in(r.dtype, r.compiled) == str(r.dtype)
     r.compiled = True
-    assert computed_in(r) == f"{r.dtype}, compiled"
+    assert computed_in(r.dtype, r.compiled) == f"{r.dtype}, compiled"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from conjure.options import add_batch_size_option, add_estimator_options, add_model_options, settings_from
+from conjure.options import add_batch_size_option, add_estimator_options, add_model_options, model_from, settings_from
 from conjure.errors import ConjureError
 from conjure.sts.data import DATASETS, add_full_stops, load_dataset, parse_dataset_names, subsample
 from conjure.sts.methods import BASELINES, METHODS, parse_method_names
@@ -79,13 +79,12 @@ def score_pending(method, pairs: list[tuple[str, str]], store: ScoreStore, progr
 
 def build_methods(names: list[str], args, device: str | None) -> tuple[list, object]:
     """The method objects, loading the diffusion model only if a method needs it."""
-    import conjure
     from conjure.models import pick_device
     from conjure.sts.methods import ConjureMethod, MiniLMMethod, TextEncoderMethod
 
     model = None
     if "conjure" in names or "text-encoder" in names:
-        model = conjure.load_model(args.model, device=device, dtype=args.dtype, compile=args.compile)
+        model = model_from(args, device)
     methods = []
     for name in names:
         if name == "conjure":

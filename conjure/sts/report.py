@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 
+from conjure.jeffreys import computed_in
 from conjure.sts.data import STSData
 from conjure.sts.store import PairScore
 
@@ -88,8 +89,7 @@ def markdown(report: dict) -> str:
     out.append("Methods: " + "; ".join(f"{m}: {info['description']}" for m, info in report["methods"].items()) + ".")
     if report.get("model"):
         m = report["model"]
-        how = m["dtype"].removeprefix("torch.") + (", compiled" if m.get("compiled") else "")
-        out.append(f"Model: {m['name']} ({how}) on {m['device']}.")
+        out.append(f"Model: {m['name']} ({computed_in(m['dtype'], m.get('compiled', False))}) on {m['device']}.")
     if "conjure" in report["methods"]:
         s = report["settings"]["estimator"]
         out.append(f"Estimator: steps={s['steps']}, samples={s['samples']}, guidance={s['guidance']}, seed={s['seed']}, "
