@@ -236,7 +236,7 @@ def test_unknown_dataset_name():
     with pytest.raises(ConjureError, match="unknown dataset 'sts99'.*stsb, stsb-dev, sts12"):
         parse_dataset_names("stsb,sts99")
     assert parse_dataset_names("STS-B, sickr ,stsb") == ["stsb", "sickr"]
-    assert parse_dataset_names("all") == [name for name in DATASETS if name != "stsb-dev"]  # the test sets
+    assert parse_dataset_names("all") == ["stsb", "sts12", "sts13", "sts14", "sts15", "sts16", "sickr"]  # the test sets
 
 
 def test_empty_dataset(tmp_path):
@@ -582,3 +582,121 @@ def test_compare_bad_reports_are_clear_errors(tmp_path, capsys):
     assert compare.main([str(full), str(elsewhere), "--data-dir", str(tmp_path / "data")]) == 2
     assert "the score cache no/such/cache.sqlite3 that the report names is not here" in capsys.readouterr().err
     assert not Path("no/such/cache.sqlite3").exists()
+
+
+# --- MEN: word relatedness ---------------------------------------------------------------------
+
+SHARED_MEN = REPO.parent / "shared" / "data" / "men"
+
+# (word1, word2, relatedness 0-50) as in MEN's lemma-form files: every word tagged -n, -j or -v
+MEN_DEV = [("berry-n", "seed-n", 37.0), ("gull-n", "mallard-n", 36.0), ("hold-v", "theatre-n", 9.0),
+           ("city-n", "small-j", 21.0), ("sun-n", "bright-j", 44.0), ("run-v", "walk-v", 39.0),
+           ("cat-n", "piano-n", 4.0), ("dog-n", "puppy-n", 49.0), ("red-j", "green-j", 30.0),
+           ("car-n", "tree-n", 6.0)]
+MEN_TEST = [("display-n", "pond-n", 10.0), ("graveyard-n", "porch-n", 7.0), ("apple-n", "fruit-n", 48.0),
+            ("snow-n", "white-j", 42.0), ("eat-v", "food-n", 45.0), ("guitar-n", "ocean-n", 3.0),
+            ("bird-n", "fly-v", 40.0), ("table-n", "chair-n", 41.0)]
+
+
+def write_men(folder: Path, header: bool = True) -> Path:
+    """MEN's official split as distributed: MEN_dataset_lemma_form.dev and .test, space-separated."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for suffix, rows in (("dev", MEN_DEV), ("test", MEN_TEST)):
+        lines = (["word1 word2 score"] if header else []) + [f"{a} {b} {s:.6f}" for a, b, s in rows]
+        (folder / f"MEN_dataset_lemma_form.{suffix}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+def test_men_split_is_read_without_part_of_speech_suffixes(tmp_path):
+    write_men(tmp_path / "men")
+    dev = load_dataset("men-dev", tmp_path)  # found below the data directory, as the STS layouts are
+    assert dev.title == "MEN dev" and dev.source.endswith("MEN_dataset_lemma_form.dev")
+    assert dev.pairs[:4] == [("berry", "seed"), ("gull", "mallard"), ("hold", "theatre"), ("city", "small")]
+    assert dev.gold == [s for _, _, s in MEN_DEV]  # relatedness on MEN's own 0-50 scale
+    assert dev.subsets[:6] == ["n-n", "n-n", "n-v", "n-j", "n-j", "v-v"]  # kinds of pair, unordered
+    assert any("suffixes" in note and "0-50" in note for note in dev.notes)
+    test = load_dataset("men", tmp_path)
+    assert test.title == "MEN" and len(test) == len(MEN_TEST) and test.pairs[0] == ("display", "pond")
+    assert load_dataset("men-test", tmp_path).pairs == test.pairs
+
+    write_men(tmp_path / "plain", header=False)  # the header line is optional
+    assert load_dataset("men-dev", tmp_path / "plain").pairs == dev.pairs
+
+
+def test_men_bad_input_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    folder = write_men(tmp_path)
+    path = folder / "MEN_dataset_lemma_form.dev"
+    for line, message in [("berry seed-n 37.0", r"dev:2: 'berry' lacks the part-of-speech suffix .*-n, -j, -v"),
+                          ("berry-n seed-n", r"dev:2: expected 3 space-separated columns .* found 2"),
+                          ("berry-n seed-n high", r"dev:2: similarity score 'high' is not a number"),
+                          ("berry-x seed-n 37", r"'berry-x' lacks the part-of-speech suffix")]:
+        path.write_text(f"word1 word2 score\n{line}\n", encoding="utf-8")
+        with pytest.raises(ConjureError, match=message):
+            load_dataset("men-dev", tmp_path)
+    path.write_text("word1 word2 score\n\n", encoding="utf-8")
+    with pytest.raises(ConjureError, match="MEN dev: no scored pairs"):
+        load_dataset("men-dev", tmp_path)
+    path.unlink()
+    with pytest.raises(ConjureError, match=r"MEN dev: file not found under .* MEN_dataset_lemma_form.dev\)$"):
+        load_dataset("men-dev", tmp_path)
+    assert main(["sts", "--datasets", "men-dev", "--data-dir", str(tmp_path), "--methods", "minilm"]) == 2
+    assert "error: MEN dev: file not found" in capsys.readouterr().err  # the command's one line, no traceback
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # no --data-dir, no ./data: MEN has no hub copy to fall back on
+    with pytest.raises(ConjureError, match=r"MEN: no local copy found .* MTEB has none on the hub; get MEN from http"):
+        load_dataset("men")
+
+
+def test_men_dataset_names():
+    assert parse_dataset_names("men-dev, MEN,men-test") == ["men-dev", "men"]
+    assert not {"men", "men-dev"} & set(parse_dataset_names("all"))  # `all` stays the paper's STS test sets
+    with pytest.raises(ConjureError, match=r"unknown dataset 'mem'; known: .*sickr, men-dev, men \(or 'all'\)"):
+        parse_dataset_names("men-dev,mem")
+
+
+@pytest.mark.skipif(not (SHARED_MEN / "MEN_dataset_lemma_form.test").is_file(),
+                    reason=f"the shipped MEN copy is not at {SHARED_MEN}")
+def test_shipped_men_split():
+    dev, test = load_dataset("men-dev", SHARED_MEN), load_dataset("men", SHARED_MEN)
+    assert (len(dev), len(test)) == (2000, 1000)  # the official split
+    for data in (dev, test):
+        words = {w for pair in data.pairs for w in pair}
+        assert all(w.isalpha() for w in words), sorted(w for w in words if not w.isalpha())[:5]
+        assert 0 <= min(data.gold) and max(data.gold) <= 50
+    assert not set(dev.pairs) & set(test.pairs)
+
+
+@pytest.mark.slow
+def test_men_end_to_end_with_baselines_resume_and_ablation(tmp_path, tiny_model, capfd):
+    data_dir, cache = write_men(tmp_path / "data"), tmp_path / "cache.sqlite3"
+
+    def run(limit: int, name: str, *extra) -> dict:
+        out = tmp_path / f"{name}.json"
+        assert main(["sts", "--datasets", "men-dev,men", "--data-dir", str(data_dir), "--model", str(tiny_model),
+                     "--cache", str(cache), "--device", "cpu", "--baselines", "--limit", str(limit),
+                     "--steps", "2", "--batch-size", "8", "--json", str(out), *extra]) == 0
+        return json.loads(out.read_text())
+
+    first = run(4, "first")
+    assert first["methods"]["conjure"]["computed"] == 8  # 4 pairs of each split
+    capfd.readouterr()
+    second = run(7, "second", "--ablation", "--markdown", str(tmp_path / "second.md"))
+    printed = capfd.readouterr().out
+    assert "| MEN dev | 7 |" in printed and "| MEN | 7 |" in printed and "| **mean** |" in printed
+    assert "Ablation on MEN dev (7 pairs" in printed and "Ablation on MEN (7 pairs" in printed
+    assert "Note (MEN dev): single words" in printed
+    for method in ("conjure", "text-encoder", "minilm"):  # the first run's pairs are read back, not rescored
+        counts = second["methods"][method]
+        assert (counts["cached"], counts["computed"]) == (8, 6)
+    dev = second["datasets"]["men-dev"]
+    assert dev["pairs"] == 7 and dev["source"].endswith("MEN_dataset_lemma_form.dev")
+    assert set(dev["methods"]) == {"conjure", "text-encoder", "minilm"}
+    assert all(dev["methods"][m]["spearman"] is not None for m in dev["methods"])
+    assert second["ablation"]["men"]["pairs"] == 7
+    assert second["command"].startswith("python -m conjure sts --datasets men-dev,men ")
+
+    third = run(7, "third", "--ablation", "--markdown", str(tmp_path / "third.md"))
+    assert all(third["methods"][m]["computed"] == 0 for m in third["methods"])
+    assert third["datasets"] == second["datasets"] and third["ablation"] == second["ablation"]
+    assert table_without_timing((tmp_path / "third.md").read_text()) == \
+        table_without_timing((tmp_path / "second.md").read_text())

@@ -34,14 +34,16 @@ from conjure.sts.store import ScoreStore, default_cache_path
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "sts", help="Spearman correlation with human similarity on STS-B, STS12-16 and SICK-R",
-        description="Evaluate a model on the STS test sets: Spearman (and Pearson) correlation x100 between human "
-                    "similarity and -D_J, beside text-embedding baselines. Scores are cached, so an interrupted run "
-                    "resumes; under `accelerate launch` the pairs are sharded across processes.")
+        "sts", help="Spearman correlation with human similarity on STS-B, STS12-16, SICK-R and MEN",
+        description="Evaluate a model on the STS test sets and MEN's word pairs: Spearman (and Pearson) correlation "
+                    "x100 between human similarity (MEN: relatedness) and -D_J, beside text-embedding baselines. "
+                    "Scores are cached, so an interrupted run resumes; under `accelerate launch` the pairs are "
+                    "sharded across processes.")
     p.add_argument("--datasets", default="stsb",
-                   help=f"comma-separated: {', '.join(DATASETS)}, or all (default: stsb)")
+                   help=f"comma-separated: {', '.join(DATASETS)}, or all (the STS test sets; default: stsb)")
     p.add_argument("--data-dir", default=None,
-                   help="folder with the test files (sts-test.csv, SentEval STS12-16 folders, SICK.txt); "
+                   help="folder with the test files (sts-test.csv, SentEval STS12-16 folders, SICK.txt, "
+                        "MEN_dataset_lemma_form.dev/.test); "
                         "default: $CONJURE_STS_DATA, else ./data, else MTEB's copies on the Hugging Face hub")
     p.add_argument("--methods", default="conjure", help=f"comma-separated: {', '.join(METHODS)} (default: conjure)")
     p.add_argument("--baselines", action="store_true", help=f"add the baselines: {', '.join(BASELINES)}")

@@ -1,7 +1,8 @@
-"""The STS test sets: where they are, how each file layout is read, subsampling and the full-stop rule.
+"""The STS test sets and MEN: where they are, how each file layout is read, subsampling and the full-stop rule.
 
-Every dataset is read into the same `STSData`: sentence pairs, their human
-similarity score and, where the source has one, the sub-corpus of each pair.
+Every dataset is read into the same `STSData`: text pairs (sentences, or MEN's single
+words), their human similarity or relatedness score and, where the source has one,
+the sub-corpus of each pair.
 Sources, in the order they are tried:
 
 * local files under a data directory (`--data-dir`, else $CONJURE_STS_DATA, else ./data):
@@ -13,8 +14,13 @@ Sources, in the order they are tried:
     2016 names `STS2016.input.<subset>.txt` are accepted too;
   - SICK-R: `SICK.txt` (all 9,927 pairs, as MTEB uses) or SentEval's `SICK_test_annotated.txt`;
   - any of them as MTEB's own file (`<repo name>/test.jsonl[.gz]`, e.g. `sts12-sts/test.jsonl.gz`);
+  - MEN (Bruni, Tran & Baroni 2014): the official split as distributed, `MEN_dataset_lemma_form.dev`
+    (2,000 pairs) and `MEN_dataset_lemma_form.test` (1,000), `word1 word2 score` a line, every word
+    with a part-of-speech suffix (`berry-n`, `hold-v`, `small-j`) that is stripped before scoring;
+    the score is relatedness on 0-50, kept as it is (only its ranks and linear fit are ever used);
 * the Hugging Face hub: the MTEB datasets (`mteb/stsbenchmark-sts`, ...), split `test`, at the
-  revisions MTEB pins, so figures are comparable with the MTEB leaderboard.
+  revisions MTEB pins, so figures are comparable with the MTEB leaderboard. MTEB has no MEN:
+  it is read from local files only.
 
 MTEB and SimCSE report STS12-16 on all sub-corpora pooled into one test set; so does
 this harness (per-subset figures are in the JSON output as well).
@@ -42,11 +48,13 @@ SUBSAMPLE_SEED = 139
 class DatasetSpec:
     name: str  # the name on the command line
     title: str  # the name in tables, as the literature writes it
-    hub_id: str
-    hub_revision: str  # the revision MTEB pins
+    hub_id: str | None  # MTEB's copy on the Hugging Face hub; None where MTEB has none (MEN)
+    hub_revision: str | None  # the revision MTEB pins
     split: str = "test"  # "dev" for choosing settings; figures are reported on "test"
     senteval_dir: str | None = None  # SentEval folder of STS12-16
     senteval_subsets: tuple[str, ...] = ()
+    men_file: str | None = None  # MEN's file of this split
+    benchmark: str = "STS"  # `all` means the STS test sets, the paper's Table 1; MEN is named on its own
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -67,9 +75,13 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("sts16", "STS16", "mteb/sts16-sts", "4d8694f8f0e0100860b497b999b3dbed754a0513", "test", "STS16-en-test",
                     ("answer-answer", "headlines", "plagiarism", "postediting", "question-question")),
         DatasetSpec("sickr", "SICK-R", "mteb/sickr-sts", "20a6d6f312dd54037fe07a32d58e5e168867909d"),
+        # Word relatedness over words that label images: the official dev split for choosing settings.
+        DatasetSpec("men-dev", "MEN dev", None, None, "dev", men_file="MEN_dataset_lemma_form.dev", benchmark="MEN"),
+        DatasetSpec("men", "MEN", None, None, "test", men_file="MEN_dataset_lemma_form.test", benchmark="MEN"),
     ]
 }
-ALIASES = {"sts-b": "stsb", "stsbenchmark": "stsb", "sick-r": "sickr", "sick": "sickr"}
+MEN_HOME = "http://clic.cimec.unitn.it/~elia.bruni/MEN"  # where the MEN licence asks users to say the data lives
+ALIASES = {"sts-b": "stsb", "stsbenchmark": "stsb", "sick-r": "sickr", "sick": "sickr", "men-test": "men"}
 
 
 @dataclass
@@ -77,7 +89,7 @@ class STSData:
     name: str
     title: str
     pairs: list[tuple[str, str]]
-    gold: list[float]  # human similarity, higher = more similar
+    gold: list[float]  # human similarity (MEN: relatedness), higher = more similar; each dataset's own scale
     source: str  # the file or hub dataset it came from
     subsets: list[str] | None = None  # sub-corpus of each pair, where the source says
     notes: list[str] = field(default_factory=list)
@@ -87,14 +99,14 @@ class STSData:
 
 
 def parse_dataset_names(text: str) -> list[str]:
-    """'stsb,sts12' -> ['stsb', 'sts12']; 'all' -> every dataset; unknown names are an error."""
+    """'stsb,sts12' -> ['stsb', 'sts12']; 'all' -> every STS test set; unknown names are an error."""
     names = []
     for raw in text.split(","):
         name = raw.strip().lower()
         if not name:
             continue
-        if name == "all":  # every test set; the dev split is named on its own
-            names += [n for n, spec in DATASETS.items() if spec.split == "test"]
+        if name == "all":  # every STS test set, whose mean is the paper's; dev splits and MEN are named on their own
+            names += [n for n, spec in DATASETS.items() if spec.split == "test" and spec.benchmark == "STS"]
             continue
         name = ALIASES.get(name, name)
         if name not in DATASETS:
@@ -204,6 +216,42 @@ def read_sick(path: Path, spec: DatasetSpec = DATASETS["sickr"]) -> STSData:
     return _nonempty(STSData(spec.name, spec.title, pairs, gold, str(path)))
 
 
+# MEN's lemma-form files tag every word with its part of speech: noun, adjective, verb.
+MEN_POS_SUFFIXES = ("-n", "-j", "-v")
+MEN_HEADER = ["word1", "word2", "score"]
+
+
+def strip_pos(word: str, where: str) -> tuple[str, str]:
+    """'berry-n' -> ('berry', 'n'): the word as a prompt, and its part-of-speech tag."""
+    if len(word) > 2 and word.endswith(MEN_POS_SUFFIXES):
+        return word[:-2], word[-1]
+    raise ConjureError(f"{where}: {word!r} lacks the part-of-speech suffix of MEN's lemma files "
+                       f"({', '.join(MEN_POS_SUFFIXES)})")
+
+
+def read_men(path: Path, spec: DatasetSpec = DATASETS["men"]) -> STSData:
+    """A MEN lemma-form file: `berry-n seed-n 37.000000` a line, after an optional `word1 word2 score` header.
+
+    The words are scored without their part-of-speech suffix; the tags of each pair, in
+    the order n, j, v ('n-n', 'n-j', ...), become its subset, so the JSON report has a figure
+    per kind of pair.
+    """
+    pairs, gold, subsets = [], [], []
+    for n, line in enumerate(_read_lines(path), 1):
+        cols = line.split()
+        if not cols or (n == 1 and [c.lower() for c in cols] == MEN_HEADER):
+            continue
+        if len(cols) != 3:
+            raise ConjureError(f"{path}:{n}: expected 3 space-separated columns (word1 word2 score), found {len(cols)}")
+        (a, tag_a), (b, tag_b) = strip_pos(cols[0], f"{path}:{n}"), strip_pos(cols[1], f"{path}:{n}")
+        pairs.append((a, b))
+        gold.append(_score(cols[2], f"{path}:{n}"))
+        subsets.append("-".join(sorted((tag_a, tag_b), key="njv".index)))
+    data = STSData(spec.name, spec.title, pairs, gold, str(path), subsets)
+    data.notes.append("single words, part-of-speech suffixes (-n, -j, -v) stripped; human relatedness on 0-50")
+    return _nonempty(data)
+
+
 def read_mteb_rows(rows, spec: DatasetSpec, source: str) -> STSData:
     """Rows with sentence1, sentence2 and score, as in the MTEB datasets."""
     pairs, gold = [], []
@@ -248,6 +296,9 @@ def _first(found) -> Path | None:
 
 def find_local(spec: DatasetSpec, data_dir: Path) -> STSData | None:
     """The dataset from files under data_dir, or None if none of its layouts is there."""
+    if spec.men_file:
+        path = _first(data_dir.rglob(spec.men_file))
+        return read_men(path, spec) if path else None
     mteb_dir = spec.hub_id.split("/")[1]  # e.g. sts12-sts
     for pattern in (f"{spec.split}.jsonl", f"{spec.split}.jsonl.gz"):
         path = _first(p for p in data_dir.rglob(pattern) if p.parent.name == mteb_dir)
@@ -276,6 +327,8 @@ def expected_files(spec: DatasetSpec) -> str:
         return "sts-dev.csv"
     if spec.name == "sickr":
         return "SICK.txt or SICK_test_annotated.txt"
+    if spec.men_file:
+        return spec.men_file
     return f"{spec.senteval_dir}/STS.input.<subset>.txt with STS.gs.<subset>.txt"
 
 
@@ -346,8 +399,13 @@ def load_dataset(name: str, data_dir: str | Path | None = None) -> STSData:
         if data is not None:
             return data
         if explicit:
-            raise ConjureError(f"{spec.title}: file not found under {folder} (looked for {expected_files(spec)}, "
-                               f"or {spec.hub_id.split('/')[1]}/test.jsonl.gz)")
+            mteb_file = f", or {spec.hub_id.split('/')[1]}/test.jsonl.gz" if spec.hub_id else ""
+            raise ConjureError(f"{spec.title}: file not found under {folder} (looked for {expected_files(spec)}"
+                               f"{mteb_file})")
+    if spec.hub_id is None:
+        where = f"under {folder}" if folder is not None else "with no --data-dir, $CONJURE_STS_DATA or ./data"
+        raise ConjureError(f"{spec.title}: no local copy found (looked for {expected_files(spec)} {where}), and MTEB "
+                           f"has none on the hub; get MEN from {MEN_HOME} and pass --data-dir with its folder")
     return load_from_hub(spec)
 
 
