@@ -34,20 +34,24 @@ NULL_CAPTION = ""  # the unconditional prompt, used for caption dropout and for 
 POOLED_SCALE = 384**0.5
 
 
-def make_unet(width: int = 64, layers_per_block: int = 1, size: int = 32, heads: int = 4):
+def make_unet(width: int = 64, layers_per_block: int = 1, size: int = 32, heads: int = 4,
+              attention_levels: tuple[int, ...] = (1,)):
     from diffusers import UNet2DConditionModel
+
+    down = tuple("CrossAttnDownBlock2D" if i in attention_levels else "DownBlock2D" for i in range(3))
+    up = tuple("CrossAttnUpBlock2D" if i in attention_levels else "UpBlock2D" for i in reversed(range(3)))
 
     return UNet2DConditionModel(
         sample_size=size,
         in_channels=3,
         out_channels=3,
         block_out_channels=(width, 2 * width, 2 * width),
-        # Cross-attention to the caption tokens at 16x16 and in the 8x8 middle block:
+        # Cross-attention to the caption tokens at 16x16 (level 1) and in the 8x8 middle block:
         # measured 2.9 s per batch of 64 on 2 CPU cores for 6.1 M parameters, against
         # 3.2 s for a second attention level (7.3 M) and 5.7 s for two resnets per level
         # (all with 32 heads in float32, before the changes below).
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        down_block_types=down,
+        up_block_types=up,
         layers_per_block=layers_per_block,
         cross_attention_dim=384,
         # diffusers reads `attention_head_dim` as the number of heads: 4 heads of 32 channels.
@@ -191,6 +195,51 @@ def rescale_pooled_input(unet, ema, optimizer, factor: float):
     optimizer.state.pop(weight, None)
 
 
+def warm_start(unet, weights: dict):
+    """Load exported weights into `unet`, which may have cross-attention at more levels than they had.
+
+    A new attention block's output projection starts at zero, so its residual adds nothing and the
+    network computes what the loaded one did; training then grows the new layers from there.
+    """
+    missing, unexpected = unet.load_state_dict(weights, strict=False)
+    if unexpected or any(".attentions." not in k for k in missing):
+        raise SystemExit(f"--init-from weights do not fit this architecture: missing {missing[:4]}, "
+                         f"unexpected {unexpected[:4]}")
+    new_blocks = sorted({k.split(".proj_out.")[0] for k in missing if ".proj_out." in k})
+    with torch.no_grad():
+        for name in new_blocks:
+            proj_out = unet.get_submodule(name + ".proj_out")
+            proj_out.weight.zero_()
+            proj_out.bias.zero_()
+    if new_blocks:
+        print(f"new attention blocks, starting as identity: {new_blocks}")
+
+
+def validation_batch(data, size: int, seed: int = 1234):
+    """A fixed batch (images, captions, timesteps, noise) to measure the loss on, the same at every step and run."""
+    generator = torch.Generator().manual_seed(seed)
+    x0, tokens, mask, pooled = sample_batch(data, size, 0.0, generator)
+    t = torch.randint(0, 1000, (size,), generator=generator)
+    return x0, tokens, mask, pooled, t, torch.randn(x0.shape, generator=generator)
+
+
+@torch.no_grad()
+def validation_loss(unet, batch, abar, weights, bf16: bool, chunk: int = 128) -> float:
+    """The weighted epsilon loss of `unet` on a fixed batch: comparable across steps, runs and architectures."""
+    x0, tokens, mask, pooled, t, noise = batch
+    a = abar[t].view(-1, 1, 1, 1)
+    xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    losses = []
+    for i in range(0, len(x0), chunk):
+        part = slice(i, i + chunk)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            pred = unet(xt[part], t[part], encoder_hidden_states=tokens[part], encoder_attention_mask=mask[part],
+                        class_labels=pooled[part]).sample
+        mse = F.mse_loss(pred.float(), noise[part], reduction="none").mean(dim=(1, 2, 3))
+        losses.append(weights[t[part]] * mse)
+    return torch.cat(losses).mean().item()
+
+
 def training_step(unet, optimizer, xt, t, noise, tokens, mask, pooled, weights, bf16: bool = True) -> torch.Tensor:
     """One optimiser step on the weighted epsilon loss; returns each sample's plain epsilon MSE."""
     # bf16 autocast: weights, optimiser and loss stay float32; measured 2.1 -> 1.25 s per batch here.
@@ -315,17 +364,17 @@ def train(args):
     torch.set_num_threads(args.threads)
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
-    data = load_dataset(run / "dataset.pt", Path(args.data))
+    data = load_dataset(Path(args.dataset_cache) if args.dataset_cache else run / "dataset.pt", Path(args.data))
     print(f"{len(data['images'])} images, {len(data['captions'])} captions")
 
     torch.manual_seed(args.seed)
     # Default (contiguous) memory layout: channels-last measured slower here (bench/bench_train.py).
-    unet = make_unet(args.width, args.layers_per_block)
+    unet = make_unet(args.width, args.layers_per_block, attention_levels=tuple(args.attention_levels))
     scheduler = make_scheduler()
     ema = EMAModel(unet.parameters(), decay=args.ema, use_ema_warmup=True, power=2 / 3)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(args.seed)
-    step, seconds, log, history = 0, 0.0, [], []
+    step, seconds, log, history, val_log = 0, 0.0, [], [], []
     pooled_scale = POOLED_SCALE  # the scale the loaded weights were trained at
 
     ckpt = run / "checkpoint.pt"
@@ -333,7 +382,7 @@ def train(args):
         from diffusers import UNet2DConditionModel
 
         shipped = UNet2DConditionModel.from_pretrained(Path(args.init_from) / "unet", torch_dtype=torch.float32)
-        unet.load_state_dict(shipped.state_dict())
+        warm_start(unet, shipped.state_dict())
         ema = EMAModel(unet.parameters(), decay=args.ema, use_ema_warmup=True, power=2 / 3)
         meta = json.loads((Path(args.init_from) / "conjure.json").read_text())
         done = meta.get("training", {})
@@ -350,6 +399,7 @@ def train(args):
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         step, seconds, log = state["step"], state["seconds"], state["log"]
+        val_log = state.get("val_log", [])
         history = state.get("history", [])
         pooled_scale = state.get("pooled_scale", 1.0)
         print(f"resumed at step {step} ({seconds / 3600:.2f} h trained)")
@@ -367,7 +417,10 @@ def train(args):
     run_start = {"step": history[-1]["to_step"] if history else 0,
                  "hours": sum(h["hours"] for h in history)}  # where this run's row of the history begins
     manifest = data.get("manifest") or {"images": len(data["images"]), "images_per_style": {"openmoji": len(data["images"])}}
-    data_label = ", ".join(f"{n:,} {s}" for s, n in manifest["images_per_style"].items()) + " images"
+    per_style = manifest["images_per_style"]
+    data_label = (", ".join(f"{n:,} {s}" for s, n in per_style.items()) + " images" if len(per_style) <= 3 else
+                  f"{manifest['images']:,} images of {manifest['concepts']:,} concepts in {len(per_style)} styles")
+    val_batch = validation_batch(data, args.eval_size) if args.eval_every else None
     bar = tqdm(initial=step, total=args.steps, desc="training", dynamic_ncols=True)
     unet.train()
 
@@ -375,7 +428,7 @@ def train(args):
         save_atomic(
             {"unet": unet.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
              "generator": generator.get_state(), "step": step, "seconds": seconds, "log": log,
-             "pooled_scale": POOLED_SCALE, "history": history, "unet_config": dict(unet.config), "args": vars(args)},
+             "pooled_scale": POOLED_SCALE, "history": history, "val_log": val_log, "unet_config": dict(unet.config), "args": vars(args)},
             ckpt,
         )
         if args.export:
@@ -395,12 +448,22 @@ def train(args):
             export(ema_unet, scheduler, Path(args.export), card)
         with open(run / "loss.csv", "w") as f:
             f.write("step,loss\n" + "".join(f"{s},{l:.5f}\n" for s, l in log))
+        with open(run / "validation.csv", "w") as f:
+            f.write("step,hours,loss\n" + "".join(f"{s},{h:.4f},{l:.5f}\n" for s, h, l in val_log))
+
+    def validate():
+        unet.eval()
+        val_log.append((step, seconds / 3600, validation_loss(unet, val_batch, abar, weights, args.bf16)))
+        unet.train()
+        bar.write(f"step {step}: validation loss {val_log[-1][2]:.5f} ({val_log[-1][1]:.2f} h)")
 
     # SIGTERM (or Ctrl-C) stops after the current step with a checkpoint, so nothing is lost.
     stop = {"now": False}
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.update(now=True))
 
+    if val_batch is not None and (not val_log or val_log[-1][0] != step):
+        validate()
     while step < args.steps and time.time() < deadline and not stop["now"]:
         t0 = time.time()
         x0, tokens, mask, pooled = sample_batch(data, args.batch_size, args.caption_dropout, generator)
@@ -418,6 +481,8 @@ def train(args):
         log.append((step, mse.mean().item()))  # the plain epsilon MSE, comparable across settings
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean([l for _, l in log[-50:]]):.4f}", s_per_step=f"{time.time() - t0:.2f}")
+        if val_batch is not None and step % args.eval_every == 0:
+            validate()
         if step % args.checkpoint_every == 0:
             checkpoint()
     checkpoint()
@@ -428,7 +493,8 @@ def train(args):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default="runs/emoji", help="folder for the dataset cache, checkpoint and loss log")
-    p.add_argument("--data", default="runs/emoji-data", help="dataset folder written by `python -m training.emoji_data`")
+    p.add_argument("--data", default="runs/picture-data",
+                   help="dataset folder written by `python -m training.iconify_data` (or `training.emoji_data`)")
     p.add_argument("--export", default=None, help="diffusers-format folder to write the EMA weights to at each checkpoint")
     p.add_argument("--init-from", default=None,
                    help="start from an exported model folder when the run has no checkpoint (continue the shipped model)")
@@ -443,6 +509,11 @@ def main(argv=None):
     p.add_argument("--caption-dropout", type=float, default=0.1)
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--layers-per-block", type=int, default=1)
+    p.add_argument("--attention-levels", type=lambda v: [int(x) for x in v.split(",")], default=[1],
+                   help="UNet levels (0: full size, 1: half, 2: quarter) with cross-attention to the caption, e.g. 1,2")
+    p.add_argument("--eval-every", type=int, default=500, help="steps between validation losses (0: none)")
+    p.add_argument("--eval-size", type=int, default=512, help="images in the fixed validation batch")
+    p.add_argument("--dataset-cache", default=None, help="encoded dataset file (default RUN/dataset.pt)")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
