@@ -44,6 +44,13 @@ BUILTIN_MODELS = {
                             (256, 384, 512, 640, 768)),
     "sd-2-1": BuiltinModel("stabilityai/stable-diffusion-2-1", "Stable Diffusion 2.1", (512, 768, 1024)),
     "sdxl": BuiltinModel("stabilityai/stable-diffusion-xl-base-1.0", "Stable Diffusion XL base 1.0", (512, 768, 1024)),
+    # Rectified-flow models (conjure/models/flow.py; docs/models.md): 1024 px by default, as they were trained.
+    "sd3-medium": BuiltinModel("stabilityai/stable-diffusion-3-medium-diffusers", "Stable Diffusion 3 Medium",
+                               (512, 768, 1024)),
+    "sd3.5-large": BuiltinModel("stabilityai/stable-diffusion-3.5-large", "Stable Diffusion 3.5 Large",
+                                (512, 768, 1024)),
+    "flux-schnell": BuiltinModel("black-forest-labs/FLUX.1-schnell", "FLUX.1 schnell", (512, 768, 1024)),
+    "flux-dev": BuiltinModel("black-forest-labs/FLUX.1-dev", "FLUX.1 dev (guidance-distilled)", (512, 768, 1024)),
 }
 # Short names accepted anywhere a model is named (CLI, app, API).
 MODEL_ALIASES = {alias: model.source for alias, model in BUILTIN_MODELS.items()}
@@ -96,17 +103,23 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device, cpu_dtype:
 
 def wrap_pipeline(pipe, name: str):
     """The adapter for a diffusers pipeline object, chosen by its class."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    from conjure.models.flow import FluxModel, StableDiffusion3Model
     from conjure.models.stable_diffusion import StableDiffusionModel, StableDiffusionXLModel
 
+    if isinstance(pipe, FluxPipeline):
+        return FluxModel(pipe, name)
+    if isinstance(pipe, StableDiffusion3Pipeline):
+        return StableDiffusion3Model(pipe, name)
     if isinstance(pipe, StableDiffusionXLPipeline):
         return StableDiffusionXLModel(pipe, name)
     if isinstance(pipe, StableDiffusionPipeline):
         return StableDiffusionModel(pipe, name)
     raise ModelLoadError(
         f"{name}: no adapter for {type(pipe).__name__}; supported are StableDiffusionPipeline (1.x, 2.x), "
-        "StableDiffusionXLPipeline and conjure pixel models (see conjure/models/base.py to add one)"
+        "StableDiffusionXLPipeline, StableDiffusion3Pipeline, FluxPipeline and conjure pixel models "
+        "(see conjure/models/base.py to add one)"
     )
 
 
