@@ -260,6 +260,21 @@ def test_flux_and_sd3_folders_load_with_their_adapters(tmp_path):
         assert conjure.score(model, "a", "b", steps=2, size=32).jeffreys == pytest.approx(reference.jeffreys, rel=1e-5)
 
 
+def test_flow_pipelines_default_to_bfloat16_on_a_gpu_that_computes_it(monkeypatch, tmp_path):
+    from conjure import models
+
+    tiny_flux(dev=False).save_pretrained(tmp_path / "flux", safe_serialization=True)
+    for bf16 in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+        half = torch.bfloat16 if bf16 else torch.float16
+        assert models.default_half_dtype("FluxPipeline") == models.default_half_dtype("StableDiffusion3Pipeline") == half
+        assert models.default_half_dtype("StableDiffusionPipeline") == torch.float16
+        pipe = models._from_pretrained(str(tmp_path / "flux"), torch.float16, default_half=True)
+        assert pipe.transformer.dtype == half
+    assert models._from_pretrained(str(tmp_path / "flux"), torch.float16).transformer.dtype == torch.float16  # asked
+
+
 def test_sd3_and_flux_aliases_are_in_the_table_and_the_apps_menu():
     from conjure import app_handlers as h
 

@@ -161,7 +161,8 @@ def _load(model, device: str | None, dtype: str | torch.dtype | None):
         return PixelModel.from_folder(path, device=dev, dtype=pick_dtype(dtype, dev, measured_cpu_dtype(path)))
     if model == "emoji" or path == EMBEDDED_MODEL:
         raise ModelLoadError(f"the embedded model is missing from {EMBEDDED_MODEL}; train it with `python -m training.train`")
-    return wrap_pipeline(_from_pretrained(name, torch_dtype).to(dev), model)
+    default_half = dtype in (None, "auto") and torch_dtype == torch.float16
+    return wrap_pipeline(_from_pretrained(name, torch_dtype, default_half).to(dev), model)
 
 
 def compiler_missing(device: torch.device) -> str | None:
@@ -211,8 +212,23 @@ def compiled_batch_size(rows: int) -> int:
     return -(-rows // step) * step
 
 
-def _from_pretrained(name: str, torch_dtype: torch.dtype):
-    """DiffusionPipeline.from_pretrained with safetensors only and no remote code; errors made readable."""
+# Pipelines loaded in bfloat16, not float16, by default on a GPU: diffusers' recipes run Flux and SD3.5 in bfloat16
+# (float16's range is too small for T5-XXL's activations), and SD3 shares SD3.5's pipeline class.
+BFLOAT16_PIPELINES = ("FluxPipeline", "StableDiffusion3Pipeline")
+
+
+def default_half_dtype(pipeline_class: str | None) -> torch.dtype:
+    """The half precision a pipeline loads in when none is asked for on a GPU: bfloat16 for the flow pipelines
+    where the GPU computes it, else float16."""
+    if pipeline_class in BFLOAT16_PIPELINES and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def _from_pretrained(name: str, torch_dtype: torch.dtype, default_half: bool = False):
+    """DiffusionPipeline.from_pretrained with safetensors only and no remote code; errors made readable.
+
+    `default_half`: float16 was chosen by default, not asked for; the pipeline's class may prefer bfloat16."""
     from diffusers import DiffusionPipeline
 
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
@@ -221,6 +237,8 @@ def _from_pretrained(name: str, torch_dtype: torch.dtype):
         raise ModelLoadError(f"{name!r} is not a model folder")
     try:
         config = DiffusionPipeline.load_config(name)
+        if default_half:
+            torch_dtype = default_half_dtype(config.get("_class_name"))
         kwargs = {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in config else {}
         return DiffusionPipeline.from_pretrained(
             name, torch_dtype=torch_dtype, use_safetensors=True, trust_remote_code=False, **kwargs
