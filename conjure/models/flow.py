@@ -152,6 +152,7 @@ class DiffusersFlowModel(FlowMatchingModel):
     latent_rgb = SD3_LATENT_RGB
     latent_rgb_bias = SD3_LATENT_RGB_BIAS
     patch = 1  # latent pixels per side of one transformer token
+    t5_tokenizer = ""  # the pipeline's attribute holding T5's tokenizer
 
     def __init__(self, pipe, name: str):
         super().__init__(pipe.scheduler.config)
@@ -190,8 +191,6 @@ class DiffusersFlowModel(FlowMatchingModel):
 
     @torch.no_grad()
     def preview(self, x0: torch.Tensor) -> np.ndarray:
-        if x0.shape[1] != len(self.latent_rgb):  # a test pipeline's few channels: their mean, as grey
-            return to_uint8(x0.float().cpu().mean(1, keepdim=True).expand(-1, 3, -1, -1))
         rgb = torch.einsum("bchw,cr->brhw", x0.float().cpu(), self.latent_rgb) + self.latent_rgb_bias.view(1, 3, 1, 1)
         return to_uint8(rgb)
 
@@ -219,7 +218,6 @@ class StableDiffusion3Model(DiffusersFlowModel):
     def __init__(self, pipe, name: str = "stable-diffusion-3"):
         self.patch = pipe.transformer.config.patch_size
         super().__init__(pipe, name)
-        self.latent_rgb, self.latent_rgb_bias = SD3_LATENT_RGB, SD3_LATENT_RGB_BIAS
         self.uses_t5 = pipe.text_encoder_3 is not None
         self.text_encoder_name = "CLIP ViT-L and ViT-bigG text encoders (pooled)"
         self.max_size = pipe.transformer.config.pos_embed_max_size * self.patch * self.vae_scale_factor
