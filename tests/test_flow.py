@@ -268,7 +268,7 @@ def test_flow_pipelines_default_to_bfloat16_on_a_gpu_that_computes_it(monkeypatc
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
         half = torch.bfloat16 if bf16 else torch.float16
-        assert models.default_half_dtype("FluxPipeline") == models.default_half_dtype("StableDiffusion3Pipeline") == half
+        assert [models.default_half_dtype(c) for c in ("FluxPipeline", "StableDiffusion3Pipeline")] == [half, half]
         assert models.default_half_dtype("StableDiffusionPipeline") == torch.float16
         pipe = models._from_pretrained(str(tmp_path / "flux"), torch.float16, default_half=True)
         assert pipe.transformer.dtype == half
@@ -309,7 +309,8 @@ def test_app_streams_a_whole_flux_run(app_with_tiny_flux):
         updates.append(update)
         if isinstance(update[out["trajectory_gif"]], str):
             break  # the final update
-    steps = [u[out["status"]] for u in updates if isinstance(u[out["status"]], str) and u[out["status"]].startswith("**Step")]
+    statuses = [u[out["status"]] for u in updates if isinstance(u[out["status"]], str)]
+    steps = [status for status in statuses if status.startswith("**Step")]
     assert len(steps) == 3
     details = updates[-1][out["details"]]
     assert details["model"] == "FluxPipeline" and details["settings"]["guidance"] == 3.0

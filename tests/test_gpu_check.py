@@ -68,7 +68,8 @@ def test_the_check_covers_the_flow_models_in_both_dtypes(name):
     script = load_script()
     assert name in script.MODELS and name in script.parse_args([]).models
     fp32, bf16 = (script.build(name, torch.device("cpu"), dtype) for dtype in (torch.float32, torch.bfloat16))
-    assert type(fp32).__module__ == "conjure.models.flow" and (fp32.dtype, bf16.dtype) == (torch.float32, torch.bfloat16)
+    assert type(fp32).__module__ == "conjure.models.flow"
+    assert (fp32.dtype, bf16.dtype) == (torch.float32, torch.bfloat16)
     assert torch.equal(fp32.transformer.proj_out.weight.bfloat16(), bf16.transformer.proj_out.weight)
     scores = [conjure.score(m, "a cat", "a dog", steps=2).jeffreys for m in (fp32, bf16)]
     assert scores[0] > 0 and scores[1] == pytest.approx(scores[0], rel=0.2)
