@@ -13,8 +13,8 @@ A fresh CUDA machine needs a CUDA build of torch before the requirements (the RE
 
 For development on a CPU: `python bench/gpu_check.py --device cpu --quick`.
 
-For each model (the test suite's tiny random-weight SD 1.x, 2.x and SDXL pipelines, built from
-configs in tests/tiny_pipelines.py, and the embedded `emoji` model) and each dtype (fp32, then
+For each model (the test suite's tiny random-weight SD 1.x, 2.x, SDXL, SD3 and Flux dev/schnell
+pipelines, built from configs in tests/tiny_pipelines.py, and the embedded `emoji` model) and each dtype (fp32, then
 half: fp16 on a GPU, or bf16 where its torch cannot run fp16 convolutions; bf16 on a CPU, whose
 fp16 kernels are slow; --half chooses), it scores a fixed list of phrase pairs with
 `conjure.score_pairs` (same seed, so every pair gets the same noise in every run) at each batch
@@ -69,6 +69,9 @@ MODELS = {  # name -> (label, how to build it: "tiny" pipelines from configs, or
     "tiny-sd1": "tiny SD 1.x (random, 32 px)",
     "tiny-sd2": "tiny SD 2.x (random, v-pred, 32 px)",
     "tiny-sdxl": "tiny SDXL (random, 32 px)",
+    "tiny-sd3": "tiny SD3 (random, flow, 32 px)",
+    "tiny-flux-dev": "tiny Flux-dev (random, flow, guidance input, 32 px)",
+    "tiny-flux-schnell": "tiny Flux-schnell (random, flow, 32 px)",
     "emoji": "emoji (embedded, 32 px)",
 }
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -117,7 +120,13 @@ def build(name: str, device: torch.device, dtype: torch.dtype):
         return conjure.load_model("emoji", device=str(device), dtype=dtype)
     import tiny_pipelines
 
-    pipe = tiny_pipelines.tiny_sdxl(seed=0) if name == "tiny-sdxl" else tiny_pipelines.tiny_sd(int(name[-1]), seed=0)
+    builders = {
+        "tiny-sd1": lambda: tiny_pipelines.tiny_sd(1, seed=0), "tiny-sd2": lambda: tiny_pipelines.tiny_sd(2, seed=0),
+        "tiny-sdxl": lambda: tiny_pipelines.tiny_sdxl(seed=0), "tiny-sd3": lambda: tiny_pipelines.tiny_sd3(seed=0),
+        "tiny-flux-dev": lambda: tiny_pipelines.tiny_flux(dev=True, seed=0),
+        "tiny-flux-schnell": lambda: tiny_pipelines.tiny_flux(dev=False, seed=0),
+    }
+    pipe = builders[name]()
     # load_model(pipeline) moves a pipeline object to the device but leaves its dtype: cast it here.
     pipe.to(dtype=dtype)
     return conjure.load_model(pipe, device=str(device))

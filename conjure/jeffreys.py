@@ -57,7 +57,7 @@ from conjure import validation
 from conjure.errors import ConjureError
 from conjure.models import compiled_batch_size
 from conjure.models.base import Conditioning
-from conjure.sampler import advance, common_noise, ddim_sigma, guided, schedule
+from conjure.sampler import advance, common_noise, ddim_sigma, guided, schedule, uses_null_prompt, with_guidance
 
 WEIGHTINGS = ("girsanov", "exact", "girsanov-left", "uniform")
 
@@ -250,7 +250,8 @@ def jeffreys_steps(model, pairs: Sequence[tuple[str, str]], settings: Settings =
     if not pairs:
         raise ConjureError("no pairs to score")
     validation.check_memory(model, settings, len(pairs))
-    k, use_null = settings.samples, settings.guidance != 1
+    # Guidance: an unconditional branch, or for a guidance-distilled model (Flux-dev) an input of each row.
+    k, use_null = settings.samples, uses_null_prompt(model, settings.guidance)
 
     # Text is encoded once per distinct prompt; the null prompt is the last row.
     prompts = sorted({p for pair in pairs for p in pair})
@@ -260,6 +261,7 @@ def jeffreys_steps(model, pairs: Sequence[tuple[str, str]], settings: Settings =
                  for a, b in pairs]
     rewritten = [[cond.rewritten[row_of[a]], cond.rewritten[row_of[b]]] if cond.rewritten else [None, None]
                  for a, b in pairs]
+    cond = with_guidance(model, cond, settings.guidance)
     if use_null:
         cond = Conditioning.cat([cond, model.encode_null()])
     null = len(prompts)
@@ -292,7 +294,7 @@ def jeffreys_steps(model, pairs: Sequence[tuple[str, str]], settings: Settings =
 
     # Common random numbers: x_T and every step's noise depend on the seed only.
     shape = model.latent_shape(size)
-    steps = schedule(model, settings.steps, settings.eta)
+    steps = schedule(model, settings.steps, settings.eta, size)
     x_T, noises = common_noise(shape, k, len(steps), settings.seed)
     device = model.device
     x = x_T.to(device).expand(len(prompts), *x_T.shape).clone()  # (trajectories, k, C, H, W)

@@ -24,7 +24,7 @@ from conjure import validation
 from conjure.errors import ConjureError
 from conjure.jeffreys import Settings, check_prompt, check_settings
 from conjure.models.base import Conditioning
-from conjure.sampler import advance, common_noise, guided, schedule
+from conjure.sampler import advance, common_noise, guided, schedule, uses_null_prompt, with_guidance
 
 
 @dataclass
@@ -72,14 +72,14 @@ def morph_steps(model, text_a: str, text_b: str, stages: int = 8,
     weights = np.linspace(0.0, 1.0, stages)
 
     encoded = model.encode([text_a, text_b])
-    cond = interpolate(encoded.take([0]), encoded.take([1]), weights)
-    use_null = settings.guidance != 1
+    cond = with_guidance(model, interpolate(encoded.take([0]), encoded.take([1]), weights), settings.guidance)
+    use_null = uses_null_prompt(model, settings.guidance)
     if use_null:  # conditioned rows first, then the null prompt once per stage
         cond = Conditioning.cat([cond, model.encode_null().take([0] * stages)])
 
     # The estimator's noise for k samples, of which the morph keeps sample 0: the end stages are A and B.
     shape = model.latent_shape(size)
-    steps = schedule(model, settings.steps, settings.eta)
+    steps = schedule(model, settings.steps, settings.eta, size)
     x_T, noises = common_noise(shape, settings.samples, len(steps), settings.seed)
     device = model.device
     x = x_T[0].to(device).expand(stages, *shape).clone()

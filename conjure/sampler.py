@@ -1,6 +1,6 @@
 """The sampler, in equations: DDIM with eta > 0 (eta = 1 is DDPM ancestral sampling), in epsilon form.
 
-    steps = schedule(model, settings.steps, settings.eta)       # timesteps, abar_t, abar_s, sigma
+    steps = schedule(model, settings.steps, settings.eta, size)  # timesteps, abar_t, abar_s, sigma
     x_T, noises = common_noise(shape, samples, len(steps), seed)
     for step in steps:
         eps = ...                                                 # the model, under some conditioning
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from conjure.errors import ConjureError
+from conjure.models.base import Conditioning
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,34 @@ def guided(eps_cond: torch.Tensor, eps_null: torch.Tensor | None, scale: float) 
     return eps_cond if eps_null is None else eps_null + scale * (eps_cond - eps_null)
 
 
-def sampler_timesteps(model, steps: int) -> list[int]:
-    """The timesteps the model's own scheduler config visits for `steps` steps (its spacing and offset)."""
+def takes_guidance(model) -> bool:
+    """Whether the model takes the guidance scale as an input (guidance-distilled, as Flux-dev) rather than
+    being guided by an unconditional branch."""
+    return bool(getattr(model, "takes_guidance", False))
+
+
+def uses_null_prompt(model, guidance: float) -> bool:
+    """Whether guidance needs eps under the null prompt: a scale other than 1, on a model without a guidance input."""
+    return guidance != 1 and not takes_guidance(model)
+
+
+def with_guidance(model, cond: Conditioning, guidance: float) -> Conditioning:
+    """The conditioning with the guidance scale as a per-row input ("guidance"), for a model that takes one."""
+    if not takes_guidance(model):
+        return cond
+    scale = torch.full((len(cond),), float(guidance), device=next(iter(cond.tensors.values())).device)
+    return Conditioning({**cond.tensors, "guidance": scale}, cond.truncated, cond.rewritten)
+
+
+def sampler_timesteps(model, steps: int, size: int | None = None) -> list[int]:
+    """The timesteps the model's own scheduler config visits for `steps` steps (its spacing and offset).
+
+    A model whose steps depend on more than the config defines `sampler_timesteps(steps, size)` itself:
+    flow models (conjure.models.flow), whose time shift can grow with the image size.
+    """
+    own = getattr(model, "sampler_timesteps", None)
+    if callable(own):
+        return own(steps, size)
     from diffusers import DDPMScheduler
 
     scheduler = DDPMScheduler.from_config(model.scheduler_config)
@@ -59,9 +86,9 @@ def sampler_timesteps(model, steps: int) -> list[int]:
     return [int(t) for t in scheduler.timesteps]
 
 
-def schedule(model, steps: int, eta: float) -> list[SamplerStep]:
-    """The sampler's steps for this model: timesteps high to low, with abar_t, abar_s and sigma."""
-    timesteps = sampler_timesteps(model, steps)
+def schedule(model, steps: int, eta: float, size: int | None = None) -> list[SamplerStep]:
+    """The sampler's steps for this model (at this image size): timesteps high to low, with abar_t, abar_s and sigma."""
+    timesteps = sampler_timesteps(model, steps, size)
     abar = model.alphas_cumprod.tolist()
     if abar[timesteps[0]] <= 0:
         raise ConjureError(

@@ -234,7 +234,7 @@ def check_model_argument(model):
         except UnicodeEncodeError:
             raise ConjureError(f"the model name {printable(model)} is not valid text") from None
         return model
-    if hasattr(model, "unet") and hasattr(model, "to"):  # a diffusers pipeline
+    if (hasattr(model, "unet") or hasattr(model, "transformer")) and hasattr(model, "to"):  # a diffusers pipeline
         return model
     raise ConjureError(f"model must be a name (an alias such as 'emoji' or 'sd-v1-4', a folder or a hub id), a "
                        f"diffusers pipeline or a conjure model, got {describe(model)}")

@@ -1,4 +1,5 @@
-"""An analytic model: data x0 ~ N(m_y, I) under the VP forward process, with its exact epsilon-prediction.
+"""Analytic models: data x0 ~ N(m_y, I) under the VP forward process, with its exact epsilon-prediction
+(`GaussianModel`), and under the rectified-flow path, with its exact velocity (`GaussianFlowModel`).
 
 x_t = sqrt(abar) x0 + sqrt(1 - abar) eps is then N(sqrt(abar) m_y, I), and
 E[eps | x_t] = sqrt(1 - abar) (x_t - sqrt(abar) m_y): linear in x. The prompt gap
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from conjure.models.base import Conditioning, to_uint8
+from conjure.models.flow import FlowMatchingModel
 
 
 class GaussianModel:
@@ -63,3 +65,29 @@ class GaussianModel:
 def random_means(names, seed=0, scale=0.5, size=4):
     g = torch.Generator().manual_seed(seed)
     return {n: scale * torch.randn((3, size, size), generator=g) for n in names}
+
+
+class GaussianFlowModel(FlowMatchingModel, GaussianModel):
+    """The same data, x0 ~ N(m_y, I), under the rectified-flow path x_t = (1 - t) x0 + t eps, with its exact
+    velocity: the estimator sees it only through the flow adapter's conversion (conjure.models.flow).
+
+    x_t ~ N((1 - t) m, s^2 I) with s^2 = (1 - t)^2 + t^2, so with r = (x_t - (1 - t) m) / s^2,
+    E[eps | x_t] = t r and E[x0 | x_t] = m + (1 - t) r, and v = E[eps - x0 | x_t] = (2t - 1) r - m.
+    The continuous divergence is the VP model's, 1/2 ||m_a - m_b||^2 (abar(t_end) - abar(t_start)), with
+    abar = (1 - t)^2 / s^2: the path KL does not depend on how the path is scaled.
+    """
+
+    name = "gaussian-flow"
+
+    def __init__(self, means: dict[str, torch.Tensor], shift: float = 1.0):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        FlowMatchingModel.__init__(self, FlowMatchEulerDiscreteScheduler(shift=shift).config)
+        self.means = means
+        self.calls = 0
+
+    def velocity(self, x_flow, t, cond):
+        self.calls += 1
+        t = t.view(-1, 1, 1, 1)
+        r = (x_flow - (1 - t) * cond.tensors["mean"]) / ((1 - t) ** 2 + t**2)
+        return (2 * t - 1) * r - cond.tensors["mean"]

@@ -1,4 +1,5 @@
-"""bench/gpu_check.py, the prepared GPU check, runs end to end on a CPU (tiny SD 1.x only, --quick)."""
+"""bench/gpu_check.py, the prepared GPU check, runs end to end on a CPU (tiny SD 1.x only, --quick), and builds
+every model it lists."""
 
 import importlib.util
 import json
@@ -56,3 +57,19 @@ def test_cuda_asked_for_without_cuda_is_one_line_not_a_traceback(capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("gpu_check: device 'cuda' is not available") and "\n" not in err
     assert "--device cpu" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux-dev", "tiny-flux-schnell"])
+def test_the_check_covers_the_flow_models_in_both_dtypes(name):
+    """SD3 and Flux (flow matching) are measured on the first GPU run too: each builds in fp32 and bf16, from the
+    same weights, and scores through the estimator."""
+    import conjure
+
+    script = load_script()
+    assert name in script.MODELS and name in script.parse_args([]).models
+    fp32, bf16 = (script.build(name, torch.device("cpu"), dtype) for dtype in (torch.float32, torch.bfloat16))
+    assert type(fp32).__module__ == "conjure.models.flow"
+    assert (fp32.dtype, bf16.dtype) == (torch.float32, torch.bfloat16)
+    assert torch.equal(fp32.transformer.proj_out.weight.bfloat16(), bf16.transformer.proj_out.weight)
+    scores = [conjure.score(m, "a cat", "a dog", steps=2).jeffreys for m in (fp32, bf16)]
+    assert scores[0] > 0 and scores[1] == pytest.approx(scores[0], rel=0.2)

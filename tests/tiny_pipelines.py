@@ -1,8 +1,8 @@
-"""Tiny Stable Diffusion 1.x / 2.x / SDXL pipelines with random weights, built from configs.
+"""Tiny Stable Diffusion 1.x / 2.x / SDXL / 3 and Flux pipelines with random weights, built from configs.
 
-This is how diffusers tests its own pipelines; the only difference is the tokenizer:
-instead of downloading `hf-internal-testing/tiny-random-clip`, a character-level CLIP
-tokenizer is written to a temporary folder (no hub access at all).
+This is how diffusers tests its own pipelines; the only difference is the tokenizers:
+instead of downloading `hf-internal-testing/tiny-random-clip` (and `-t5`), character-level
+CLIP and T5 tokenizers are built here (no hub access at all).
 """
 
 from __future__ import annotations
@@ -28,6 +28,24 @@ def char_clip_tokenizer():
     (folder / "merges.txt").write_text("#version: 0.2\n")
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77,
                          pad_token="<|endoftext|>")
+
+
+def char_t5_tokenizer():
+    """A T5 (Unigram) tokenizer that reads one character per token; emoji are unknown to it, as to T5's own."""
+    from transformers import T5Tokenizer
+
+    chars = sorted(set(string.printable) - set(string.whitespace))
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [(piece, -3.0) for c in chars for piece in (c, "\u2581" + c)]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
+
+
+def tiny_t5(d_model: int):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=256, d_model=d_model, d_kv=8, d_ff=37, num_layers=1, num_heads=4,
+                                   relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
+                                   dropout_rate=0.0)).eval()  # as from_pretrained loads it: no dropout
 
 
 def clip_config(**extra):
@@ -91,3 +109,60 @@ def tiny_sdxl(seed: int = 0):
         vae=tiny_vae(), text_encoder=CLIPTextModel(config), text_encoder_2=CLIPTextModelWithProjection(config),
         tokenizer=char_clip_tokenizer(), tokenizer_2=char_clip_tokenizer(), unet=unet, scheduler=sd_scheduler(),
     )
+
+
+def flow_vae():
+    """A 16-channel latent space, as SD3's and Flux's VAEs (with their shift and scale)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=16,
+                         norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, use_quant_conv=False, use_post_quant_conv=False,
+                         shift_factor=0.0609, scaling_factor=1.5035)
+
+
+def tiny_sd3(seed: int = 0, shift: float = 3.0, t5: bool = True):
+    """SD3 / 3.5: an MMDiT on CLIP-L + CLIP-G + T5 token states, SD3's shifted flow schedule (shift 3)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=16, patch_size=2, in_channels=16, out_channels=16, num_layers=1, attention_head_dim=8,
+        num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=64, pooled_projection_dim=64,
+        pos_embed_max_size=32,
+    )
+    config = clip_config(hidden_act="gelu", projection_dim=32)
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=shift), vae=flow_vae(),
+        text_encoder=CLIPTextModelWithProjection(config), tokenizer=char_clip_tokenizer(),
+        text_encoder_2=CLIPTextModelWithProjection(config), tokenizer_2=char_clip_tokenizer(),
+        text_encoder_3=tiny_t5(64) if t5 else None, tokenizer_3=char_t5_tokenizer() if t5 else None,
+    )
+
+
+def flux_scheduler(dev: bool):
+    """FLUX.1's scheduler configs: dev shifts by the image's token count (mu); schnell does not shift."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(shift=3.0 if dev else 1.0, use_dynamic_shifting=dev, base_shift=0.5,
+                                           max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+
+
+def tiny_flux(dev: bool = True, seed: int = 0):
+    """FLUX.1 dev (guidance-distilled: guidance is an input) or, with dev=False, schnell (no guidance input)."""
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 4, 8), guidance_embeds=dev,
+    )
+    pipe = FluxPipeline(
+        scheduler=flux_scheduler(dev), vae=flow_vae(), text_encoder=CLIPTextModel(clip_config(hidden_act="gelu")),
+        tokenizer=char_clip_tokenizer(), text_encoder_2=tiny_t5(32), tokenizer_2=char_t5_tokenizer(),
+        transformer=transformer,
+    )
+    pipe.default_sample_size = 16  # latent side (FluxPipeline's is 128): 32 px images here, 1024 for FLUX.1
+    return pipe

@@ -44,6 +44,13 @@ BUILTIN_MODELS = {
                             (256, 384, 512, 640, 768)),
     "sd-2-1": BuiltinModel("stabilityai/stable-diffusion-2-1", "Stable Diffusion 2.1", (512, 768, 1024)),
     "sdxl": BuiltinModel("stabilityai/stable-diffusion-xl-base-1.0", "Stable Diffusion XL base 1.0", (512, 768, 1024)),
+    # Rectified-flow models (conjure/models/flow.py; docs/models.md): 1024 px by default, as they were trained.
+    "sd3-medium": BuiltinModel("stabilityai/stable-diffusion-3-medium-diffusers", "Stable Diffusion 3 Medium",
+                               (512, 768, 1024)),
+    "sd3.5-large": BuiltinModel("stabilityai/stable-diffusion-3.5-large", "Stable Diffusion 3.5 Large",
+                                (512, 768, 1024)),
+    "flux-schnell": BuiltinModel("black-forest-labs/FLUX.1-schnell", "FLUX.1 schnell", (512, 768, 1024)),
+    "flux-dev": BuiltinModel("black-forest-labs/FLUX.1-dev", "FLUX.1 dev (guidance-distilled)", (512, 768, 1024)),
 }
 # Short names accepted anywhere a model is named (CLI, app, API).
 MODEL_ALIASES = {alias: model.source for alias, model in BUILTIN_MODELS.items()}
@@ -96,17 +103,23 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device, cpu_dtype:
 
 def wrap_pipeline(pipe, name: str):
     """The adapter for a diffusers pipeline object, chosen by its class."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    from conjure.models.flow import FluxModel, StableDiffusion3Model
     from conjure.models.stable_diffusion import StableDiffusionModel, StableDiffusionXLModel
 
+    if isinstance(pipe, FluxPipeline):
+        return FluxModel(pipe, name)
+    if isinstance(pipe, StableDiffusion3Pipeline):
+        return StableDiffusion3Model(pipe, name)
     if isinstance(pipe, StableDiffusionXLPipeline):
         return StableDiffusionXLModel(pipe, name)
     if isinstance(pipe, StableDiffusionPipeline):
         return StableDiffusionModel(pipe, name)
     raise ModelLoadError(
         f"{name}: no adapter for {type(pipe).__name__}; supported are StableDiffusionPipeline (1.x, 2.x), "
-        "StableDiffusionXLPipeline and conjure pixel models (see conjure/models/base.py to add one)"
+        "StableDiffusionXLPipeline, StableDiffusion3Pipeline, FluxPipeline and conjure pixel models "
+        "(see conjure/models/base.py to add one)"
     )
 
 
@@ -148,7 +161,8 @@ def _load(model, device: str | None, dtype: str | torch.dtype | None):
         return PixelModel.from_folder(path, device=dev, dtype=pick_dtype(dtype, dev, measured_cpu_dtype(path)))
     if model == "emoji" or path == EMBEDDED_MODEL:
         raise ModelLoadError(f"the embedded model is missing from {EMBEDDED_MODEL}; train it with `python -m training.train`")
-    return wrap_pipeline(_from_pretrained(name, torch_dtype).to(dev), model)
+    default_half = dtype in (None, "auto") and torch_dtype == torch.float16
+    return wrap_pipeline(_from_pretrained(name, torch_dtype, default_half).to(dev), model)
 
 
 def compiler_missing(device: torch.device) -> str | None:
@@ -198,8 +212,23 @@ def compiled_batch_size(rows: int) -> int:
     return -(-rows // step) * step
 
 
-def _from_pretrained(name: str, torch_dtype: torch.dtype):
-    """DiffusionPipeline.from_pretrained with safetensors only and no remote code; errors made readable."""
+# Pipelines loaded in bfloat16, not float16, by default on a GPU: diffusers' recipes run Flux and SD3.5 in bfloat16
+# (float16's range is too small for T5-XXL's activations), and SD3 shares SD3.5's pipeline class.
+BFLOAT16_PIPELINES = ("FluxPipeline", "StableDiffusion3Pipeline")
+
+
+def default_half_dtype(pipeline_class: str | None) -> torch.dtype:
+    """The half precision a pipeline loads in when none is asked for on a GPU: bfloat16 for the flow pipelines
+    where the GPU computes it, else float16."""
+    if pipeline_class in BFLOAT16_PIPELINES and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def _from_pretrained(name: str, torch_dtype: torch.dtype, default_half: bool = False):
+    """DiffusionPipeline.from_pretrained with safetensors only and no remote code; errors made readable.
+
+    `default_half`: float16 was chosen by default, not asked for; the pipeline's class may prefer bfloat16."""
     from diffusers import DiffusionPipeline
 
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
@@ -208,6 +237,8 @@ def _from_pretrained(name: str, torch_dtype: torch.dtype):
         raise ModelLoadError(f"{name!r} is not a model folder")
     try:
         config = DiffusionPipeline.load_config(name)
+        if default_half:
+            torch_dtype = default_half_dtype(config.get("_class_name"))
         kwargs = {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in config else {}
         return DiffusionPipeline.from_pretrained(
             name, torch_dtype=torch_dtype, use_safetensors=True, trust_remote_code=False, **kwargs

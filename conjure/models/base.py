@@ -2,8 +2,15 @@
 
 A model is any object with the attributes and methods of the `DiffusionModel` protocol below.
 The estimator, the sampler, the app and the STS harness use nothing else, so a new model family
-is one small adapter (`pixel.py`, `stable_diffusion.py`). Models that predict v or x0 convert to
-epsilon inside `predict_noise`, so the estimator's math is written once, in epsilon.
+is one small adapter (`pixel.py`, `stable_diffusion.py`, `flow.py`). Models that predict v or x0 convert to
+epsilon inside `predict_noise`, so the estimator's math is written once, in epsilon; rectified-flow
+models (SD3, Flux) convert their states, times and velocities too (`flow.py`).
+
+Two optional members, read where present (`conjure.sampler`):
+    sampler_timesteps(steps, size) -> list[int]   the timesteps to visit, when the scheduler config's
+                                                  spacing is not enough (flow models' size-dependent shift)
+    takes_guidance: bool                          guidance-distilled (Flux-dev): the guidance scale is an
+                                                  input, each conditioning row's "guidance"; no null branch
 """
 
 from __future__ import annotations
