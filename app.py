@@ -59,7 +59,7 @@ def estimator_controls(limits, defaults, models, default_model, prefix: str = ""
         guidance = gr.Slider(1, h.MAX_GUIDANCE, value=defaults["guidance"], step=0.5,
                              label="Guidance scale (1 = none)", elem_id=f"{prefix}guidance")
     with gr.Row():
-        seed = gr.Number(defaults["seed"], label="Seed", precision=0, minimum=0, maximum=2**31 - 1,
+        seed = gr.Number(defaults["seed"], label="Seed", precision=0, minimum=0, maximum=h.SEED_MAX,
                          elem_id=f"{prefix}seed")
         size = gr.Dropdown(h.size_choices(default_model), value=defaults["size"], label="Image size",
                            allow_custom_value=True, elem_id=f"{prefix}size")
@@ -109,9 +109,9 @@ def build_matrix_tab(limits, defaults, models, default_model) -> None:
 
 
 def build_demo() -> gr.Blocks:
-    limits, defaults, models = h.LIMITS, h.DEFAULTS, h.allowed_models()
+    limits, defaults, models = h.app_limits(), h.DEFAULTS, h.allowed_models()
     default_model = h.default_model()
-    with gr.Blocks(title="conjure", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
+    with h.Blocks(title="conjure", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
         gr.Markdown(INTRO)
         with gr.Tab("Compare two", elem_id="tab-two"):
             with gr.Row():

@@ -46,11 +46,12 @@ def run_model(steps: int, stages: int) -> dict:
     """One app run's pictures: both trajectories step by step, and the morph's final images."""
     import conjure
     from conjure.jeffreys import Settings
-    from conjure.morph import morph_steps
+    from conjure.morph import check_morph, morph_steps
 
     model = conjure.load_model("emoji")
     events = list(conjure.stream(model, TEXT_A, TEXT_B, steps=steps))
-    *_, morph = morph_steps(model, TEXT_A, TEXT_B, stages, Settings(steps=steps))
+    run = check_morph(model, TEXT_A, TEXT_B, stages, Settings(steps=steps))
+    *_, morph = morph_steps(model, TEXT_A, TEXT_B, stages, run)
     return {"a": [e.image_a for e in events], "b": [e.image_b for e in events],
             "difference": [e.difference for e in events], "per_step": events[-1].result.per_step,
             "morph": list(morph.images), "weights": morph.weights}

@@ -1,6 +1,6 @@
 """How close each weighting comes to the continuous-time Jeffreys divergence, on an analytic model.
 
-    python bench/closed_form.py            # the README's table
+    python bench/closed_form.py            # the table in docs/method.md#the-closed-form-check
 
 The model (tests/gaussian_model.py) has data x0 ~ N(m_y, I), so its exact epsilon-prediction is
 known and the continuous divergence between the reverse processes over [t_0, t_{T-1}] is

@@ -9,18 +9,20 @@
     results = conjure.score_pairs(model, [("a", "b"), ...])            # batch size chosen from model and device
     m = conjure.similarity_matrix(model, ["leopard", "cheetah", "zebra"])    # N x N, images, map
     conjure.rank(model, "leopard", ["cheetah", "zebra"])                    # most alike first
-    model = conjure.load_model(compile=True)           # torch.compile'd UNet: for long runs (README, Speed)
+    model = conjure.load_model(compile=True)           # torch.compile'd UNet: for long runs (docs/performance.md)
 
 The divergence is the Jeffreys divergence between the reverse diffusion processes
 that the model runs under each text (Liu & Soatto, "Conjuring Semantic
 Similarity", ICLR 2026). Estimator settings are keyword arguments: steps,
-samples, guidance, seed, size, eta, weighting (see `conjure.Settings`).
+samples, guidance, seed, size, eta, weighting (see `conjure.Settings`); the limits of one call
+(phrases, candidates, morph stages) are `conjure.LIMITS` (see `conjure.Limits`).
 
     jeffreys.py      the estimator, top to bottom          sampler.py    the one sampler (schedule, noise)
     models/          the DiffusionModel protocol, adapters, loading and the alias table
     matrix.py        many phrases at once                  morph.py      the concept morph
     calibration.py   percentiles                           animation.py, figures.py   GIFs, videos, plots
-    validation.py    checks the API, CLI and app share     text.py       emoji read as words
+    settings.py      Settings and Limits                   validation.py   the checks every entry point runs once
+    text.py          emoji read as words
     cli.py, options.py, sts/   the command line and the STS benchmark
     app_handlers.py  the web app's server side (app.py at the top level only wires widgets to it)
 
@@ -35,38 +37,34 @@ import numpy as np
 
 from conjure.errors import ConjureError, ModelLoadError, PromptTruncatedWarning
 from conjure import validation
-from conjure.jeffreys import JeffreysResult, Settings, StepEvent, check_pairs, check_prompt, check_settings
-from conjure.jeffreys import jeffreys_steps, score_batch
+from conjure.calibration import add_percentiles
+from conjure.jeffreys import JeffreysResult, StepEvent, jeffreys_steps, score_batches
 from conjure.jeffreys import stream as _stream
 from conjure.matrix import MatrixResult, rank, similarity_matrix
 from conjure.models import MODEL_ALIASES, default_model, load_model
+from conjure.settings import LIMITS, Limits, Settings
 
 __all__ = [
     "load_model", "score", "score_pairs", "stream", "text_similarity", "sample",
-    "Settings", "JeffreysResult", "StepEvent", "ConjureError", "ModelLoadError", "PromptTruncatedWarning",
+    "Settings", "Limits", "JeffreysResult", "StepEvent", "ConjureError", "ModelLoadError", "PromptTruncatedWarning",
     "MODEL_ALIASES", "default_model", "similarity_matrix", "rank", "MatrixResult",
 ]
 __version__ = "0.1.0"
+
+# Each function here is an entry point: it checks its input once (`conjure.validation.check_run`) and hands the
+# checked run to the functions that do the work, which check nothing again.
 
 
 def stream(model, text_a: str, text_b: str, *, previews: bool = True, decode_final: bool = True,
            **settings) -> Iterator[StepEvent]:
     """One StepEvent per sampler step (images, per-step KL, running totals); the last carries the result."""
-    model, s = load_model(model), validation.make_settings(Settings, settings)
-    for event in _stream(model, text_a, text_b, s, previews=previews, decode_final=decode_final):
+    model = load_model(model)
+    text_a, text_b = validation.check_pairs([(text_a, text_b)], model)[0]
+    run = validation.check_run(model, settings)
+    for event in _stream(model, text_a, text_b, run, previews=previews, decode_final=decode_final):
         if event.result is not None:
-            add_percentiles(model, [event.result], s)
+            add_percentiles(model, [event.result], run.settings)
         yield event
-
-
-def add_percentiles(model, results: list[JeffreysResult], settings: Settings) -> None:
-    """Set each result's percentile from the model's calibration for these settings, where one exists."""
-    from conjure import calibration
-
-    found = calibration.find(model, settings)
-    if found is not None:
-        for r in results:
-            r.percentile = found.percentile(r.jeffreys, settings.weighting)
 
 
 def score(model, text_a: str, text_b: str, **settings) -> JeffreysResult:
@@ -79,20 +77,10 @@ def score_pairs(model, pairs: Iterable[tuple[str, str]], *, batch_size: int | No
                 **settings) -> list[JeffreysResult]:
     """Score many pairs, `batch_size` pairs per model call (default: chosen from the model, device and memory,
     see `conjure.validation.auto_batch_size`); the same seed gives every pair the same noise."""
-    from tqdm.auto import tqdm
-
-    model, s = load_model(model), validation.make_settings(Settings, settings)
-    batch_size = validation.check_batch_size(batch_size)
-    check_settings(model, s)
-    pairs = check_pairs(model, pairs)  # every pair, before any is scored
-    batch_size = batch_size or validation.auto_batch_size(model, s, len(pairs))
-    if pairs:
-        validation.check_memory(model, s, min(batch_size, len(pairs)))
-    results: list[JeffreysResult] = []
-    with tqdm(total=len(pairs), unit="pair", disable=not progress) as bar:
-        for i in range(0, len(pairs), batch_size):
-            results += score_batch(model, pairs[i : i + batch_size], s)
-            bar.update(len(pairs[i : i + batch_size]))
+    model, s = load_model(model), validation.make_settings(settings)
+    pairs = validation.check_pairs(pairs, model)  # every pair, before any is scored
+    run = validation.check_run(model, s, pairs=len(pairs), batch_size=batch_size)
+    results = score_batches(model, pairs, run, progress)
     add_percentiles(model, results, s)
     return results
 
@@ -102,7 +90,7 @@ def text_similarity(model, text_a: str, text_b: str) -> float:
     from conjure.models.base import cosine
 
     model = load_model(model)
-    emb = model.text_embedding([check_prompt(text_a, "A", model), check_prompt(text_b, "B", model)])
+    emb = model.text_embedding(list(validation.check_pairs([(text_a, text_b)], model)[0]))
     return cosine(emb[0], emb[1])
 
 
@@ -112,13 +100,15 @@ def sample(model, prompts: list[str], **settings) -> np.ndarray:
     A pair of identical prompts runs a single trajectory, so this costs one evaluation per
     prompt, sample and step.
     """
-    model, s = load_model(model), validation.make_settings(Settings, settings)
+    model, s = load_model(model), validation.make_settings(settings)
     if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
         raise ConjureError(f"prompts must be a list of strings, got {validation.describe(prompts)}")
-    prompts = [check_prompt(p, str(n), model) for n, p in enumerate(prompts, 1)]
-    check_settings(model, s)
-    validation.check_memory(model, s, len(prompts), decoded_images=len(prompts) * s.samples)
-    *_, last = jeffreys_steps(model, [(p, p) for p in prompts], s)
+    if not prompts:
+        raise ConjureError("no prompts to sample")
+    prompts = [validation.check_prompt(p, str(n), model) for n, p in enumerate(prompts, 1)]
+    run = validation.check_run(model, s, pairs=len(prompts), batch_size=len(prompts),
+                               decoded_images=len(prompts) * s.samples)
+    *_, last = jeffreys_steps(model, [(p, p) for p in prompts], run)
     x0 = last.x0[:, 0]  # trajectory A of each pair: (N, k, C, H, W)
     try:
         images = model.decode(x0.flatten(0, 1))

@@ -1,7 +1,9 @@
-"""The Gradio app's server side: limits, the model allow-list and cache, and the Run handler.
+"""The Gradio app's server side: limits, the model allow-list and cache, and the two tabs' Run handlers.
 
 `app.py` lays out the page and wires these functions to it. Everything a user or an
-API caller sends is checked here, on the server, whatever the sliders allow:
+API caller sends is checked here, on the server, whatever the sliders allow, by the same
+checks as the library's (`conjure.validation`), against the app's limits (`app_limits`). The
+environment is read when a request comes, not at import:
 
     CONJURE_MODEL             default model (an alias, a hub id or a folder); on ZeroGPU: sd-v1-4
     CONJURE_EXTRA_MODELS      comma-separated hub ids or folders added to the allow-list
@@ -18,6 +20,7 @@ dicts, dataclasses of them and numpy arrays.
 
 from __future__ import annotations
 
+import functools
 import html
 import logging
 import math
@@ -27,7 +30,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import fields
 from pathlib import Path
 from typing import Iterator
 
@@ -35,11 +38,13 @@ import gradio as gr
 import numpy as np
 
 import conjure
-from conjure import animation, validation
+from conjure import animation, calibration, jeffreys, validation
+from conjure.models.base import cosine
 from conjure.errors import ConjureError
-from conjure.jeffreys import Settings
+from conjure.matrix import check_matrix, check_phrases, scored_matrix
 from conjure.models import BUILTIN_MODELS
-from conjure.morph import morph_steps
+from conjure.morph import check_morph, check_stages, morph_steps
+from conjure.settings import LIMITS, SEED_MAX, Limits, Settings
 
 log = logging.getLogger("conjure.app")
 
@@ -51,29 +56,27 @@ def env_int(name: str, default: int) -> int:
     return int(value) if value.strip() else default
 
 
-@dataclass(frozen=True)
-class Limits:
-    """What one request may ask for; enforced by `check_request`, mirrored by the sliders."""
-
-    max_steps: int = 50
-    max_samples: int = 8
-    max_stages: int = 16
-    max_size: int = 1024
-    max_prompt_chars: int = 300
-    max_phrases: int = 10  # "Compare many": phrases in one matrix (N(N-1)/2 pairs)
-
-    @classmethod
-    def from_env(cls) -> "Limits":
-        return cls(*(env_int(f"CONJURE_{f.upper()}", getattr(cls, f)) for f in cls.__dataclass_fields__))
+# The app's limits where they are tighter than the library's (`conjure.LIMITS`), each overridden by CONJURE_MAX_*.
+APP_LIMITS = {"max_steps": 50, "max_samples": 8, "max_stages": 16, "max_size": 1024, "max_prompt_chars": 300,
+              "max_phrases": 10}
 
 
-LIMITS = Limits.from_env()
+def app_limits() -> Limits:
+    """What one request may ask for, from the environment now: the app's limits, never looser than the library's.
+    Enforced by the library's own checks; mirrored by the sliders."""
+    values = {}
+    for name in (f.name for f in fields(Limits)):
+        library = getattr(LIMITS, name)
+        value = env_int(f"CONJURE_{name.upper()}", APP_LIMITS[name]) if name in APP_LIMITS else library
+        values[name] = value if library is None else min(value, library)
+    return Limits(**values)
+
+
 MAX_UPLOAD = "1kb"  # Gradio's max_file_size: the app takes no files, so its /upload route takes next to nothing
 MAX_GUIDANCE = 20.0
-# The app's settings. Guidance 3, where the library and CLI default to 1: the app is for looking at the
-# pictures, and on the embedded model guidance 3 at 10 steps draws far more recognisable ones (10-way
-# recognition 50% against 40%, 50-way 25% against 8%) while ranking STS-B dev pairs the same (+0.04 Spearman,
-# 95% interval -2.5 to +2.3), for 1.5x the model calls. See the README's "The app".
+# The app's settings. Guidance 3, where the library and CLI default to 1: the app is for looking at the pictures,
+# and on the embedded model guidance 3 draws more recognisable ones while ranking pairs about the same, for 1.5x
+# the model calls (the measurements: docs/app.md#settings).
 DEFAULTS = {"steps": 10, "samples": 1, "guidance": 3.0, "seed": 0, "size": 0, "stages": 8}
 
 EXAMPLES = [
@@ -109,7 +112,13 @@ def size_choices(model_name: str) -> list[tuple[str, int]]:
     return [("model default", 0)] + [(f"{s} px", s) for s in sizes]
 
 
-DEFAULT_MODEL = default_model()
+class Blocks(gr.Blocks):
+    """gr.Blocks whose events take a call that sends fewer values than they have inputs (a raw HTTP call with only
+    the prompts): each input left out gets its component's value, the default gradio_client fills in too."""
+
+    def validate_inputs(self, block_fn, inputs: list) -> None:
+        inputs += [getattr(block, "value", None) for block in block_fn.inputs[len(inputs):]]
+        super().validate_inputs(block_fn, inputs)
 
 # --- the model cache --------------------------------------------------------------------
 
@@ -122,10 +131,14 @@ class ModelCache:
     reference, so evicting a model another run still uses cannot break that run.
     """
 
-    def __init__(self, capacity: int = 2):
-        self.capacity = max(1, capacity)
+    def __init__(self, capacity: int | None = None):
+        self._capacity = capacity  # None: $CONJURE_CACHED_MODELS (2), read when a model loads
         self._models: OrderedDict[str, object] = OrderedDict()
         self._lock = threading.Lock()
+
+    @property
+    def capacity(self) -> int:
+        return max(1, self._capacity if self._capacity is not None else env_int("CONJURE_CACHED_MODELS", 2))
 
     def __contains__(self, name: str) -> bool:
         return name in self._models
@@ -159,37 +172,34 @@ def free_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
-MODELS = ModelCache(env_int("CONJURE_CACHED_MODELS", 2))
+MODELS = ModelCache()
 
 # --- checking a request -----------------------------------------------------------------
 
 
-def check_request(text_a, text_b, model_name, steps, samples, guidance, seed, size, stages,
-                  limits: Limits = LIMITS) -> dict:
-    """The validated request as plain values, or a ConjureError saying what is wrong."""
-    prompts = []
-    for which, text in (("A", text_a), ("B", text_b)):
-        if text is None or isinstance(text, str) and not text.strip():
-            raise ConjureError(f"prompt {which} is empty: type a phrase")
-        if isinstance(text, str) and len(text) > limits.max_prompt_chars:
-            raise ConjureError(f"prompt {which} is {len(text)} characters long; the limit is {limits.max_prompt_chars}")
-        prompts.append(validation.check_prompt(text, which).strip())  # a string, valid text, something visible
+def whole_number(name: str, value) -> int:
+    """A whole number as sent: an int, a whole float, or text (typed into a dropdown, or sent through the API)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConjureError(f"{name} must be a whole number, got {value!r}") from None
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not number or value != int(value):
+        raise ConjureError(f"{name} must be a whole number, got {value!r}")
+    return int(value)
+
+
+def check_between(name: str, value: int, low: int, high: int | None) -> int:
+    if value < low or high is not None and value > high:
+        raise ConjureError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def check_settings_request(model_name, steps, samples, guidance, seed, size, limits: Limits) -> tuple[str, Settings]:
+    """The model and estimator settings both tabs take, as sent: the model's name and a checked `Settings`."""
     if not isinstance(model_name, str) or model_name not in allowed_models():
         raise ConjureError(f"unknown model {model_name!r}; choose one of: {', '.join(allowed_models())}")
-
-    def integer(name, value, low, high):
-        if isinstance(value, str):  # typed into a dropdown, or sent as text through the API
-            try:
-                value = float(value)
-            except ValueError:
-                raise ConjureError(f"{name} must be a whole number, got {value!r}") from None
-        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if not number or value != int(value):
-            raise ConjureError(f"{name} must be a whole number, got {value!r}")
-        if not low <= value <= high:
-            raise ConjureError(f"{name} must be between {low} and {high}, got {int(value)}")
-        return int(value)
-
     if isinstance(guidance, str):  # sent as text through the API
         try:
             guidance = float(guidance)
@@ -197,25 +207,49 @@ def check_request(text_a, text_b, model_name, steps, samples, guidance, seed, si
             pass
     if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not (1 <= guidance <= MAX_GUIDANCE):
         raise ConjureError(f"guidance must be a number from 1 (none) to {MAX_GUIDANCE:g}, got {guidance!r}")
-    return {
-        "text_a": prompts[0], "text_b": prompts[1], "model": model_name,
-        "steps": integer("steps", steps, 1, limits.max_steps),
-        "samples": integer("samples (k)", samples, 1, limits.max_samples),
-        "guidance": float(guidance),
-        "seed": integer("seed", seed, 0, 2**31 - 1),
-        "size": integer("image size", size or 0, 0, limits.max_size) or None,
-        "stages": integer("morph stages", stages, 2, limits.max_stages),
-    }
+    settings = Settings(steps=check_between("steps", whole_number("steps", steps), 1, limits.max_steps),
+                        samples=check_between("samples (k)", whole_number("samples (k)", samples), 1,
+                                              limits.max_samples),
+                        guidance=float(guidance),
+                        seed=check_between("seed", whole_number("seed", seed), 0, SEED_MAX),
+                        size=check_between("image size", whole_number("image size", size or 0), 0, limits.max_size))
+    return model_name, settings
 
 
-def check_size(model, size: int | None, limits: Limits = LIMITS) -> None:
+def check_text_request(text, name: str, limits: Limits) -> str:
+    """One prompt or phrase as sent: the library's check, at most `limits.max_prompt_chars` characters, stripped."""
+    if text is None:
+        raise ConjureError(f"{name} is empty: type a phrase")
+    if isinstance(text, str) and limits.max_prompt_chars is not None and len(text.strip()) > limits.max_prompt_chars:
+        raise ConjureError(f"{name} is {len(text.strip())} characters long; the limit is {limits.max_prompt_chars}")
+    return validation.check_text(text, name).strip()
+
+
+def check_request(text_a, text_b, model_name, steps, samples, guidance, seed, size, stages,
+                  limits: Limits | None = None) -> dict:
+    """The validated "Compare two" request, or a ConjureError saying what is wrong."""
+    limits = limits or app_limits()
+    prompts = [check_text_request(text, f"prompt {which}", limits) for which, text in (("A", text_a), ("B", text_b))]
+    model_name, settings = check_settings_request(model_name, steps, samples, guidance, seed, size, limits)
+    return {"text_a": prompts[0], "text_b": prompts[1], "model": model_name, "settings": settings,
+            "stages": check_stages(whole_number("morph stages", stages), limits)}
+
+
+def check_size(model, size: int | None, limits: Limits | None = None) -> None:
     """Sides the model can sample: multiples of its `size_multiple`, up to twice its default (and the limit)."""
     if size is None:
         return
-    largest = min(limits.max_size, 2 * model.default_size)
+    largest = min((limits or app_limits()).max_size or math.inf, 2 * model.default_size)
     if size % model.size_multiple or not model.size_multiple <= size <= largest:
         raise ConjureError(f"image size for {model.name} must be a multiple of {model.size_multiple} "
                            f"from {model.size_multiple} to {largest} px, got {size}")
+
+
+def loaded(model_name: str, settings: Settings, limits: Limits):
+    """The model, loaded here in the main process (so ZeroGPU's workers inherit it), and the image size checked."""
+    model = MODELS.get(model_name)
+    check_size(model, settings.size, limits)
+    return model
 
 
 # --- the model work: one accelerator session per Run -----------------------------------------
@@ -230,26 +264,44 @@ def on_gpu(duration: int):
     return spaces.GPU(duration=duration)
 
 
+def reports_out_of_memory(lower: str):
+    """Decorate a device generator: out of memory inside it becomes a ConjureError saying what to lower, raised
+    there, inside, so that it crosses a ZeroGPU process boundary intact."""
+
+    def decorate(generator_function):
+        @functools.wraps(generator_function)
+        def wrapper(*args, **kwargs) -> Iterator[tuple]:
+            import torch
+
+            try:
+                yield from generator_function(*args, **kwargs)
+            except (torch.OutOfMemoryError, validation.OutOfMemory):
+                free_accelerator_memory()
+                raise ConjureError(f"out of memory: try {lower}") from None
+
+        return wrapper
+
+    return decorate
+
+
 @on_gpu(duration=120)
-def conjure_on_device(model_name: str, text_a: str, text_b: str, settings: dict, stages: int) -> Iterator[tuple]:
-    """Everything a Run computes with the model, as plain data.
+@reports_out_of_memory("a smaller image size, fewer samples (k) or fewer morph stages")
+def conjure_on_device(model_name: str, text_a: str, text_b: str, run: validation.Checked,
+                      stages: int) -> Iterator[tuple]:
+    """Everything a Run computes with the model, as plain data, on input `run_conjure` checked.
 
     Yields ("step", StepEvent) for each sampler step, then ("baseline", cosine, encoder
-    name), then ("morph", MorphStep) for each morph step. Out-of-memory becomes a
-    ConjureError here, inside, so it crosses a ZeroGPU process boundary intact.
+    name), then ("morph", MorphStep) for each morph step.
     """
-    import torch
-
-    try:
-        model = MODELS.loaded(model_name) or MODELS.get(model_name)  # the handler has loaded it
-        for event in conjure.stream(model, text_a, text_b, **settings):
-            yield "step", event
-        yield "baseline", conjure.text_similarity(model, text_a, text_b), model.text_encoder_name
-        for step in morph_steps(model, text_a, text_b, stages, Settings(**settings)):
-            yield "morph", step
-    except (torch.OutOfMemoryError, validation.OutOfMemory):
-        free_accelerator_memory()
-        raise ConjureError("out of memory: try a smaller image size, fewer samples (k) or fewer morph stages") from None
+    model = MODELS.loaded(model_name) or MODELS.get(model_name)  # the handler has loaded it
+    for event in jeffreys.stream(model, text_a, text_b, run):
+        if event.result is not None:
+            calibration.add_percentiles(model, [event.result], run.settings)
+        yield "step", event
+    embeddings = model.text_embedding([text_a, text_b])
+    yield "baseline", cosine(embeddings[0], embeddings[1]), model.text_encoder_name
+    for step in morph_steps(model, text_a, text_b, stages, run):
+        yield "morph", step
 
 
 # --- the Run handler --------------------------------------------------------------------------
@@ -259,14 +311,23 @@ def conjure_on_device(model_name: str, text_a: str, text_b: str, settings: dict,
 OUTPUTS = ("image_a", "image_b", "difference", "plot", "status", "result", "details",
            "morph_gif", "trajectory_gif", "morph_download", "trajectory_download", "morph_mp4", "trajectory_mp4")
 VIDEO_OUTPUTS = {"morph_mp4": "morph", "trajectory_mp4": "trajectories"}  # output -> animation, as MP4
+DOWNLOADS = ("morph_download", "trajectory_download", *VIDEO_OUTPUTS)
 
 
-def updates(**values) -> tuple:
-    """A value for every output; `gr.skip()` for those not named, so unchanged outputs are not re-sent."""
-    unknown = set(values) - set(OUTPUTS)
-    if unknown:
-        raise KeyError(f"not an output: {sorted(unknown)}")
-    return tuple(values[name] if name in values else gr.skip() for name in OUTPUTS)
+def outputs_of(names: tuple[str, ...]):
+    """The update builder of an event with these outputs: a value for every output, `gr.skip()` for those not
+    named, so unchanged outputs are not re-sent."""
+
+    def updates(**values) -> tuple:
+        unknown = set(values) - set(names)
+        if unknown:
+            raise KeyError(f"not an output: {sorted(unknown)}")
+        return tuple(values[name] if name in values else gr.skip() for name in names)
+
+    return updates
+
+
+updates = outputs_of(OUTPUTS)
 
 
 PLOT_CURVES = ("KL(A‖B) along A", "KL(B‖A) along B")
@@ -322,32 +383,6 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "prompt"
 
 
-def run_conjure(text_a: str, text_b: str, model: str = DEFAULT_MODEL, steps: int = DEFAULTS["steps"],
-                samples: int = DEFAULTS["samples"], guidance: float = DEFAULTS["guidance"],
-                seed: int = DEFAULTS["seed"], size: int = DEFAULTS["size"],
-                stages: int = DEFAULTS["stages"]) -> Iterator[tuple]:
-    """The Run button and the `/conjure` API: stream both trajectories, the plot and the score; end with the files.
-
-    Inputs: the two prompts, then the model (a name from the allow-list), sampler steps,
-    Monte-Carlo samples k, guidance scale, seed, image size (0 = the model's default) and
-    morph stages. Outputs, in order: `OUTPUTS`.
-    """
-    import torch
-
-    try:
-        yield from _run(text_a, text_b, model, steps, samples, guidance, seed, size, stages)
-    except ConjureError as err:  # bad input, unknown model, out of memory, NaN: the user's message
-        raise refused(err) from None
-    except torch.OutOfMemoryError:  # loading a model, outside the device function
-        free_accelerator_memory()
-        raise gr.Error("out of memory loading the model; try again when fewer models are in use",
-                       print_exception=False) from None
-    except Exception as err:  # anything else: logged in full, reported briefly; the server keeps serving
-        log.exception("run failed")
-        raise gr.Error(html.escape(f"the run failed: {type(err).__name__}: {err}", quote=False),
-                       print_exception=False) from None
-
-
 def refused(err: ConjureError) -> gr.Error:
     """The user's message as a gr.Error, and one line (no traceback) in the server log."""
     message = str(err).encode("utf-8", "backslashreplace").decode("utf-8")  # no lone surrogates
@@ -356,29 +391,64 @@ def refused(err: ConjureError) -> gr.Error:
     return gr.Error(html.escape(message, quote=False), print_exception=False)
 
 
+def reports_errors(handler):
+    """Decorate a Run handler (a generator): bad input, an unknown model, out of memory or NaN become the user's
+    message; anything else is logged in full and reported briefly, and the server keeps serving."""
+
+    @functools.wraps(handler)
+    def wrapper(*args, **kwargs) -> Iterator[tuple]:
+        import torch
+
+        try:
+            yield from handler(*args, **kwargs)
+        except ConjureError as err:
+            raise refused(err) from None
+        except torch.OutOfMemoryError:  # loading a model, outside the device function
+            free_accelerator_memory()
+            raise gr.Error("out of memory loading the model; try again when fewer models are in use",
+                           print_exception=False) from None
+        except Exception as err:
+            log.exception("%s failed", handler.__name__)
+            raise gr.Error(html.escape(f"the run failed: {type(err).__name__}: {err}", quote=False),
+                           print_exception=False) from None
+
+    return wrapper
+
+
 def done(result) -> str:
     closer = f" (closer than {result.percentile:.0f}% of random pairs)" if result.percentile is not None else ""
     return f"**Done: Jeffreys divergence {animation.format_number(result.jeffreys)}**{closer}"
 
 
-def _run(text_a, text_b, model_name, steps, samples, guidance, seed, size, stages) -> Iterator[tuple]:
-    request = check_request(text_a, text_b, model_name, steps, samples, guidance, seed, size, stages)
-    text_a, text_b, steps, stages = request["text_a"], request["text_b"], request["steps"], request["stages"]
-    yield updates(status="Starting…" if model_name in MODELS else f"Loading **{model_name}**…", plot=None,
-                  result="", details=None, morph_gif=None, trajectory_gif=None,
-                  morph_download=gr.DownloadButton(value=None, visible=False),
-                  trajectory_download=gr.DownloadButton(value=None, visible=False),
-                  **{name: gr.DownloadButton(value=None, visible=False) for name in VIDEO_OUTPUTS})
-    model = MODELS.get(model_name)  # here, in the main process, so ZeroGPU's workers inherit it loaded
-    check_size(model, request["size"])
-    settings = asdict(Settings(steps=steps, samples=request["samples"], guidance=request["guidance"],
-                               seed=request["seed"], size=request["size"]))
-    validation.check_memory(model, Settings(**settings), 1, lower="choose a smaller image size or fewer samples (k)")
+def loading(model_name: str) -> str:
+    return "Starting…" if model_name in MODELS else f"Loading **{model_name}**…"
 
+
+@reports_errors
+def run_conjure(text_a: str, text_b: str, model: str | None = None, steps: int = DEFAULTS["steps"],
+                samples: int = DEFAULTS["samples"], guidance: float = DEFAULTS["guidance"],
+                seed: int = DEFAULTS["seed"], size: int = DEFAULTS["size"],
+                stages: int = DEFAULTS["stages"]) -> Iterator[tuple]:
+    """The Run button and the `/conjure` API: stream both trajectories, the plot and the score; end with the files.
+
+    Inputs: the two prompts, then the model (a name from the allow-list; None: the default), sampler steps,
+    Monte-Carlo samples k, guidance scale, seed, image size (0 = the model's default) and morph stages.
+    Outputs, in order: `OUTPUTS`.
+    """
+    limits = app_limits()
+    request = check_request(text_a, text_b, model or default_model(), steps, samples, guidance, seed, size, stages,
+                            limits)
+    text_a, text_b, model_name, stages = request["text_a"], request["text_b"], request["model"], request["stages"]
+    steps = request["settings"].steps
+    yield updates(status=loading(model_name), plot=None, result="", details=None, morph_gif=None,
+                  trajectory_gif=None, **{name: gr.DownloadButton(value=None, visible=False) for name in DOWNLOADS})
+    model = loaded(model_name, request["settings"], limits)
+    run = check_morph(model, text_a, text_b, stages, request["settings"], limits, trajectories=True,
+                      lower="choose a smaller image size, fewer samples (k) or fewer morph stages")
     images_a, images_b, differences, ab, ba = [], [], [], [], []
     result = morph = summary = None
     y_limit, started = 0.0, time.perf_counter()
-    for kind, *payload in conjure_on_device(model_name, text_a, text_b, settings, stages):
+    for kind, *payload in conjure_on_device(model_name, text_a, text_b, run, stages):
         if kind == "step":
             event = payload[0]
             if not math.isfinite(event.jeffreys):
@@ -483,19 +553,13 @@ MATRIX_DOWNLOADS = ("matrix_csv", "matrix_heatmap_png", "matrix_map_png")
 MATRIX_EXAMPLE = "leopard\ncheetah\ntiger\nhouse cat\nlion\nzebra"
 
 
-def matrix_updates(**values) -> tuple:
-    """A value for every matrix output; `gr.skip()` for those not named."""
-    unknown = set(values) - set(MATRIX_OUTPUTS)
-    if unknown:
-        raise KeyError(f"not a matrix output: {sorted(unknown)}")
-    return tuple(values[name] if name in values else gr.skip() for name in MATRIX_OUTPUTS)
+matrix_updates = outputs_of(MATRIX_OUTPUTS)
 
 
 def check_matrix_request(phrases, model_name, steps, samples, guidance, seed, size,
-                         limits: Limits = LIMITS) -> dict:
-    """The validated matrix request: distinct phrases (one per line), the repeated ones, and the settings."""
-    from conjure.matrix import distinct_phrases
-
+                         limits: Limits | None = None) -> dict:
+    """The validated matrix request: distinct phrases (one per line), the repeated ones, the model and settings."""
+    limits = limits or app_limits()
     if phrases is None:
         phrases = ""
     if not isinstance(phrases, str):
@@ -508,35 +572,20 @@ def check_matrix_request(phrases, model_name, steps, samples, guidance, seed, si
     for n, line in enumerate(lines, 1):
         if len(line.strip()) > limits.max_prompt_chars:
             raise ConjureError(f"line {n} is {len(line.strip())} characters long; the limit is {limits.max_prompt_chars}")
-    kept, repeated = distinct_phrases(lines)
-    if len(kept) < 2:
-        only = f" (only {kept[0]!r}{', repeated' if repeated else ''})" if kept else ""
-        raise ConjureError(f"type at least two different phrases, one per line{only}")
-    if len(kept) > limits.max_phrases:
-        raise ConjureError(f"{len(kept)} different phrases; the limit is {limits.max_phrases} "
-                           f"(every pair is scored: {limits.max_phrases * (limits.max_phrases - 1) // 2} pairs at most)")
-    # The settings get exactly the checks of a two-phrase Run (the first two phrases stand in for its prompts).
-    request = check_request(kept[0], kept[1], model_name, steps, samples, guidance, seed, size, DEFAULTS["stages"],
-                            limits)
-    return {"phrases": kept, "duplicates": repeated,
-            **{key: request[key] for key in ("model", "steps", "samples", "guidance", "seed", "size")}}
+    kept, repeated = check_phrases(lines, limits)
+    model_name, settings = check_settings_request(model_name, steps, samples, guidance, seed, size, limits)
+    return {"phrases": kept, "duplicates": repeated, "model": model_name, "settings": settings}
 
 
 @on_gpu(duration=300)
-def matrix_on_device(model_name: str, phrases: list[str], settings: dict, batch_size: int) -> Iterator[tuple]:
-    """All model work of a matrix, as plain data: ("step", MatrixProgress) per sampler step of each batch;
-    the last one carries the MatrixResult."""
-    import torch
-
-    from conjure.matrix import matrix_steps
-
-    try:
-        model = MODELS.loaded(model_name) or MODELS.get(model_name)
-        for event in matrix_steps(model, phrases, batch_size=batch_size, **settings):
-            yield "step", event
-    except (torch.OutOfMemoryError, validation.OutOfMemory):
-        free_accelerator_memory()
-        raise ConjureError("out of memory: try fewer phrases, a smaller image size or fewer samples (k)") from None
+@reports_out_of_memory("fewer phrases, a smaller image size or fewer samples (k)")
+def matrix_on_device(model_name: str, phrases: list[str], duplicates: list[str],
+                     run: validation.Checked) -> Iterator[tuple]:
+    """All model work of a matrix, as plain data, on input `run_matrix` checked: ("step", MatrixProgress) per
+    sampler step of each batch; the last one carries the MatrixResult."""
+    model = MODELS.loaded(model_name) or MODELS.get(model_name)
+    for event in scored_matrix(model, phrases, duplicates, run):
+        yield "step", event
 
 
 def cell(text: str) -> str:
@@ -569,7 +618,8 @@ def format_neighbours(result, encoder: str) -> str:
     return "\n".join(lines)
 
 
-def run_matrix(phrases: str, model: str = DEFAULT_MODEL, steps: int = DEFAULTS["steps"],
+@reports_errors
+def run_matrix(phrases: str, model: str | None = None, steps: int = DEFAULTS["steps"],
                samples: int = DEFAULTS["samples"], guidance: float = DEFAULTS["guidance"],
                seed: int = DEFAULTS["seed"], size: int = DEFAULTS["size"]) -> Iterator[tuple]:
     """The "Compare many" Run button and the `/matrix` API: score every pair of the phrases, then show the matrix.
@@ -579,48 +629,27 @@ def run_matrix(phrases: str, model: str = DEFAULT_MODEL, steps: int = DEFAULTS["
     `/conjure`. Streams a progress line while pairs are scored; the last update carries every output
     (`MATRIX_OUTPUTS`): the heatmaps, the map, the neighbours, the JSON and the three files.
     """
-    import torch
-
-    try:
-        yield from _run_matrix(phrases, model, steps, samples, guidance, seed, size)
-    except ConjureError as err:
-        raise refused(err) from None
-    except torch.OutOfMemoryError:
-        free_accelerator_memory()
-        raise gr.Error("out of memory loading the model; try again when fewer models are in use",
-                       print_exception=False) from None
-    except Exception as err:
-        log.exception("matrix run failed")
-        raise gr.Error(html.escape(f"the run failed: {type(err).__name__}: {err}", quote=False),
-                       print_exception=False) from None
-
-
-def _run_matrix(phrases, model_name, steps, samples, guidance, seed, size) -> Iterator[tuple]:
     from conjure.figures import matrix_figures
 
-    request = check_matrix_request(phrases, model_name, steps, samples, guidance, seed, size)
-    phrases, n = request["phrases"], len(request["phrases"])
+    limits = app_limits()
+    request = check_matrix_request(phrases, model or default_model(), steps, samples, guidance, seed, size, limits)
+    phrases, model_name, n = request["phrases"], request["model"], len(request["phrases"])
     total = n * (n - 1) // 2
     repeated = ""
     if request["duplicates"]:
         repeated = f" · repeated, scored once: {', '.join(html.escape(d) for d in request['duplicates'])}"
         gr.Info(f"Repeated phrases are scored once: {', '.join(request['duplicates'])}")
     hidden = {name: gr.DownloadButton(value=None, visible=False) for name in MATRIX_DOWNLOADS}
-    yield matrix_updates(matrix_status=("Starting…" if model_name in MODELS else f"Loading **{model_name}**…") + repeated,
-                         matrix_heatmap=None, matrix_text_heatmap=None, matrix_map=None, matrix_neighbours="",
-                         matrix_details=None, **hidden)
-    model = MODELS.get(model_name)
-    check_size(model, request["size"])
-    settings = asdict(Settings(steps=request["steps"], samples=request["samples"], guidance=request["guidance"],
-                               seed=request["seed"], size=request["size"]))
-    batch_size = validation.auto_batch_size(model, Settings(**settings), total, decoded_images=n)
-    validation.check_memory(model, Settings(**settings), min(batch_size, total), decoded_images=n,
-                            lower="choose fewer phrases, a smaller image size or fewer samples (k)")
+    yield matrix_updates(matrix_status=loading(model_name) + repeated, matrix_heatmap=None, matrix_text_heatmap=None,
+                         matrix_map=None, matrix_neighbours="", matrix_details=None, **hidden)
+    model = loaded(model_name, request["settings"], limits)
+    phrases, run = check_matrix(model, phrases, request["settings"], limits=limits,
+                                lower="choose fewer phrases, a smaller image size or fewer samples (k)")
+    batch_size = run.batch_size
     result, started = None, time.perf_counter()
-    for _, event in matrix_on_device(model_name, phrases, settings, batch_size):
+    for _, event in matrix_on_device(model_name, phrases, request["duplicates"], run):
         if event.result is not None:
             result = event.result
-            result.duplicates = request["duplicates"]  # dropped here, before the device saw the phrases
             break
         in_batch = min(batch_size, event.pairs - event.pairs_done)
         done_pairs = event.pairs_done + in_batch * event.step / event.steps

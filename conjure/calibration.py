@@ -28,8 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from conjure import validation
 from conjure.errors import ConjureError
-from conjure.jeffreys import Settings, check_settings, reweight
+from conjure.jeffreys import reweight, score_batches
+from conjure.models.weights import weight_modules, weights_digest
+from conjure.settings import Settings
 
 # Everyday concepts a person would type: animals, food, objects, places, weather, people, feelings.
 EVERYDAY_PHRASES = [
@@ -79,8 +82,6 @@ def reference_pairs(count: int, seed: int = 0, phrases: list[str] = EVERYDAY_PHR
 def model_digest(model) -> str | None:
     """The hash of the loaded weights (computed once per model object)."""
     if not hasattr(model, "_conjure_weights_digest"):
-        from conjure.sts.methods import weight_modules, weights_digest
-
         digest = weights_digest(weight_modules(model))
         try:
             model._conjure_weights_digest = digest
@@ -92,7 +93,7 @@ def model_digest(model) -> str | None:
 def calibration_key(model, settings: Settings) -> dict:
     """What the reference distribution depends on: the weights and the settings that move the expected value."""
     return {"weights": model_digest(model), "steps": settings.steps, "guidance": float(settings.guidance),
-            "eta": float(settings.eta), "size": check_settings(model, settings)}
+            "eta": float(settings.eta), "size": settings.size or model.default_size}
 
 
 @dataclass
@@ -115,12 +116,12 @@ class Calibration:
 
 def calibrate(model, pairs: int = 300, batch_size: int | None = None, progress: bool = True, **settings) -> Calibration:
     """Score `pairs` random pairs of everyday phrases; the reference distribution for `percentile`."""
-    import conjure
+    from conjure.models import load_model
 
-    model = conjure.load_model(model)
-    s = Settings(**settings)
+    model, s = load_model(model), validation.make_settings(settings)
     drawn = reference_pairs(pairs)
-    results = conjure.score_pairs(model, drawn, batch_size=batch_size, progress=progress, **asdict(s))
+    run = validation.check_run(model, s, pairs=len(drawn), batch_size=batch_size)
+    results = score_batches(model, drawn, run, progress)
     keep = ("timestep", "abar", "gap_a", "gap_b")
     return Calibration(calibration_key(model, s), model.name, asdict(s), drawn,
                        [{k: r.per_step[k] for k in keep} for r in results])
@@ -175,6 +176,14 @@ def save(calibration: Calibration, path: Path) -> Path:
     tmp.write_text(json.dumps({"format": FORMAT, "calibrations": [asdict(c) for c in entries]}) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def add_percentiles(model, results: list, settings: Settings) -> None:
+    """Set each result's percentile from the model's calibration for these settings, where one exists."""
+    found = find(model, settings)
+    if found is not None:
+        for r in results:
+            r.percentile = found.percentile(r.jeffreys, settings.weighting)
 
 
 def find(model, settings: Settings, path: str | Path | None = None) -> Calibration | None:

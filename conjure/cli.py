@@ -16,15 +16,13 @@ from pathlib import Path
 from conjure import sts, validation
 from conjure.errors import ConjureError
 from conjure.jeffreys import computed_in
+from conjure.settings import LIMITS
 from conjure.options import add_batch_size_option, add_estimator_options, add_model_options, model_from, settings_from
 
 
 def read_pair_lines(path: str) -> list[tuple[int, str, str]]:
     """(line number, text_a, text_b) of each pair in a pairs file, every text checked (see read_pairs)."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConjureError(f"pairs file not found: {path}")
-    data = file.read_bytes()
+    data = validation.check_input_file(path, "pairs file").read_bytes()
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -138,12 +136,11 @@ def cmd_score(args) -> int:
     """One pair, or a pairs file. With --pairs, each batch's results are written as soon as they are done, and
     a rerun of the same command into the same -o file skips the pairs already there (resume)."""
     import conjure
-    from conjure.jeffreys import check_settings
+    from conjure import calibration, jeffreys
 
     settings = settings_from(args)
-    validation.check_settings(settings)
     validation.check_device(args.device)
-    batch_size = validation.check_batch_size(args.batch_size, "--batch-size")
+    validation.check_batch_size(args.batch_size, "--batch-size")
     if args.pairs:
         lines = read_pair_lines(args.pairs)
     elif args.text_a is not None and args.text_b is not None:
@@ -153,31 +150,28 @@ def cmd_score(args) -> int:
     output, earlier, torn = score_output(args)  # checked before the model loads
 
     model = model_from(args)
-    check_settings(model, settings)
     where = (lambda n: f" on line {n} of {args.pairs}") if args.pairs else (lambda n: "")
-    validation.check_readable(model, [(f"{ab}{where(n)}", text) for n, a, b in lines for ab, text in zip("AB", (a, b))])
+    validation.check_readable(model, [(f"prompt {ab}{where(n)}", text)
+                                      for n, a, b in lines for ab, text in zip("AB", (a, b))])
     pairs = [(a, b) for _, a, b in lines]
-    batch_size = batch_size or validation.auto_batch_size(model, settings, len(pairs))
     lower = ("lower --samples, --batch-size or --size" if args.pairs else "lower --samples or --size") + \
         " (or raise CONJURE_MAX_MEMORY_GB)"
-    validation.check_memory(model, settings, min(batch_size, len(pairs)) if args.pairs else 1, lower=lower)
-    reference = None
-    if args.calibration:  # checked before scoring: a file for another model or settings is an error
-        from conjure import calibration
-
-        reference = calibration.find(model, settings, args.calibration)
+    run = validation.check_run(model, settings, pairs=len(pairs), batch_size=args.batch_size, lower=lower,
+                               option="--batch-size")
+    # checked before scoring: a file for another model or settings is an error
+    reference = calibration.find(model, settings, args.calibration)
 
     def finish(results):
-        if reference is not None:
-            for r in results:
-                r.percentile = reference.percentile(r.jeffreys, settings.weighting)
+        for r in results:
+            r.percentile = reference.percentile(r.jeffreys, settings.weighting) if reference else None
         return results
 
     with warnings.catch_warnings():
         warnings.simplefilter("always", conjure.PromptTruncatedWarning)
         warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
         if not args.pairs:
-            r = finish([conjure.score(model, *pairs[0], **vars(settings))])[0]
+            *_, last = jeffreys.stream(model, *pairs[0], run, previews=False, decode_final=False)
+            r = finish([last.result])[0]
             text = json.dumps(r.to_dict()) if args.json else format_result(r)
             if output is None:
                 print(text)
@@ -185,8 +179,7 @@ def cmd_score(args) -> int:
                 output.write_text(text + "\n", encoding="utf-8")
             return 0
         todo = pairs_to_score(pairs, earlier, model, settings, output)
-        stream_results(todo, output, torn, batch_size,
-                       lambda batch: finish(conjure.score_pairs(model, batch, batch_size=batch_size, **vars(settings))))
+        stream_results(todo, output, torn, run.batch_size, lambda batch: finish(jeffreys.score_batch(model, batch, run)))
     return 0
 
 
@@ -257,7 +250,7 @@ def cmd_calibrate(args) -> int:
         raise ConjureError(f"--pairs must be at least 10 for a usable reference distribution, got {args.pairs}")
     settings = settings_from(args)
     if args.output:  # before the scoring, which an unwritable file would otherwise lose
-        validation.check_output_path(args.output)
+        validation.check_output_path(args.output, "--output")
     model = model_from(args)
     path = Path(args.output) if args.output else calibration.default_path(model)
     result = calibration.calibrate(model, pairs=args.pairs, batch_size=args.batch_size, **vars(settings))
@@ -280,9 +273,7 @@ MAX_PHRASES_FILE_BYTES = 1_000_000  # a phrases file bigger than this is a mista
 
 def read_phrases(path: str) -> list[str]:
     """One phrase per line of a UTF-8 text file (blank lines are skipped later, with repeats)."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConjureError(f"phrases file not found: {path}")
+    file = validation.check_input_file(path, "phrases file")
     size = file.stat().st_size
     if size > MAX_PHRASES_FILE_BYTES:
         raise ConjureError(f"{path} is {size / 1e6:.1f} MB; a phrases file (one phrase per line) may be at most "
@@ -295,29 +286,23 @@ def read_phrases(path: str) -> list[str]:
         raise ConjureError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the file as UTF-8") from None
 
 
-def gather_phrases(args, given: list[str], least: int, need: str) -> list[str]:
-    """Phrases from the command line and --file, checked for number before any model work."""
-    from conjure.matrix import distinct_phrases
-
-    phrases = list(given) + (read_phrases(args.file) if args.file else [])
-    kept, _ = distinct_phrases(phrases)
-    if len(kept) < least:
-        raise ConjureError(f"give at least {need} (as arguments or with --file), got {len(kept)}")
-    if len(kept) > args.max_phrases:
-        pairs = f" (a matrix of N phrases scores N(N-1)/2 pairs: {len(kept) * (len(kept) - 1) // 2})" if least > 1 else ""
-        raise ConjureError(f"{len(kept)} different phrases; the limit is --max-phrases {args.max_phrases}{pairs}")
-    return phrases
+def gather_phrases(args, given: list[str]) -> list[str]:
+    """Phrases from the command line and --file (blank lines and repeats are dropped later)."""
+    return list(given) + (read_phrases(args.file) if args.file else [])
 
 
-def png_path(name: str | None, option: str) -> Path | None:
-    if name is None:
-        return None
-    path = Path(name)
-    if path.suffix.lower() != ".png":
-        raise ConjureError(f"{option} needs a file name ending in .png, got {name}")
-    if not path.parent.is_dir():
-        raise ConjureError(f"cannot write {name}: no folder {path.parent}")
-    return path
+def limits_from(args):
+    """The library's limits, with --max-phrases for the phrases of a matrix and the candidates of a ranking."""
+    from dataclasses import replace
+
+    if not validation.is_whole(args.max_phrases) or args.max_phrases < 1:
+        raise ConjureError(f"--max-phrases must be a positive integer, got {args.max_phrases}")
+    return replace(LIMITS, max_phrases=args.max_phrases, max_candidates=args.max_phrases)
+
+
+def output_path(name: str | None, option: str, suffixes: tuple[str, ...] = ()) -> Path | None:
+    """An output file named by an option, opened before any model work; None if not asked for."""
+    return None if name is None else validation.check_output_path(name, option, suffixes)
 
 
 def format_matrix(m) -> str:
@@ -349,56 +334,59 @@ def format_matrix(m) -> str:
 
 def cmd_matrix(args) -> int:
     import conjure
-    from conjure import figures
+    from conjure import figures, matrix
 
-    phrases = gather_phrases(args, args.phrases, 2, "two different phrases")
-    outputs = {"png": png_path(args.png, "--png"), "map": png_path(args.map, "--map")}
-    if args.csv and not Path(args.csv).parent.is_dir():
-        raise ConjureError(f"cannot write {args.csv}: no folder {Path(args.csv).parent}")
+    limits = limits_from(args)
+    phrases, duplicates = matrix.check_phrases(gather_phrases(args, args.phrases), limits, " (--max-phrases)")
+    outputs = {"csv": output_path(args.csv, "--csv"), "png": output_path(args.png, "--png", (".png",)),
+               "map": output_path(args.map, "--map", (".png",))}
     settings = settings_from(args)
+    validation.check_batch_size(args.batch_size, "--batch-size")
     model = model_from(args)
+    phrases, run = matrix.check_matrix(model, phrases, settings, batch_size=args.batch_size, limits=limits,
+                                       lower="lower --samples, --batch-size or --size, or give fewer phrases",
+                                       option="--batch-size")
     with warnings.catch_warnings():
         warnings.simplefilter("once", conjure.PromptTruncatedWarning)
         warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
-        m = conjure.similarity_matrix(model, phrases, batch_size=args.batch_size, progress=True, **vars(settings))
+        m = matrix.collect(matrix.scored_matrix(model, phrases, duplicates, run), progress=True)
     print(json.dumps(m.to_dict()) if args.json else format_matrix(m))
-    written = []
-    if args.csv:
-        Path(args.csv).write_text(m.to_csv(), encoding="utf-8")
-        written.append(args.csv)
+    if outputs["csv"]:
+        outputs["csv"].write_text(m.to_csv(), encoding="utf-8")
     if outputs["png"] or outputs["map"]:
         pictures = figures.matrix_figures(m, getattr(model, "text_encoder_name", "text encoder"))
         for key, picture in (("png", "heatmap"), ("map", "map")):
             if outputs[key]:
                 pictures[picture].save(outputs[key])
-                written.append(str(outputs[key]))
-    for path in written:
-        print(f"wrote {path}", file=sys.stderr)
+    for path in outputs.values():
+        if path:
+            print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
 def cmd_rank(args) -> int:
     import conjure
-    from conjure.matrix import distinct_phrases
+    from conjure import matrix
 
-    if not args.query.strip():
-        raise ConjureError("the query is empty")
-    candidates = gather_phrases(args, args.candidates, 1, "one candidate")
-    repeated = distinct_phrases(candidates)[1]
+    query, candidates, repeated = matrix.check_candidates(args.query, gather_phrases(args, args.candidates),
+                                                          limits_from(args), " (--max-phrases)")
     if repeated:
         print("repeated, scored once: " + ", ".join(repr(r) for r in repeated), file=sys.stderr)
     settings = settings_from(args)
+    validation.check_batch_size(args.batch_size, "--batch-size")
     model = model_from(args)
+    pairs = validation.check_pairs([(query, c) for c in candidates], model)
+    run = validation.check_run(model, settings, pairs=len(pairs), batch_size=args.batch_size,
+                               lower="lower --samples, --batch-size or --size", option="--batch-size")
     with warnings.catch_warnings():
         warnings.simplefilter("once", conjure.PromptTruncatedWarning)
         warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
-        ranked = conjure.rank(model, args.query, candidates, batch_size=args.batch_size, progress=True,
-                              **vars(settings))
+        ranked = matrix.ranked(model, pairs, run, progress=True)
     if args.json:
         for r in ranked:
             print(json.dumps(r.to_dict()))
         return 0
-    print(f"{args.query.strip()!r} against {len(ranked)} candidates ({model.name} in "
+    print(f"{query!r} against {len(ranked)} candidates ({model.name} in "
           f"{computed_in(ranked[0].dtype, ranked[0].compiled)}, {settings.steps} steps, k={settings.samples}, "
           f"guidance {settings.guidance:g}), most alike first:")
     for n, r in enumerate(ranked, 1):
@@ -426,23 +414,20 @@ def animation_outputs(args) -> list[tuple[str, Path]]:
         if path.suffix.lower() not in animation.ANIMATION_FORMATS:
             raise ConjureError(f"--trajectories {name}: the file name must end in "
                                f"{', '.join(animation.ANIMATION_FORMATS)}")
-        if not path.parent.is_dir():
-            raise ConjureError(f"cannot write {name}: no folder {path.parent}")
         reason = animation.video_unavailable() if path.suffix.lower() != ".gif" else None
         if reason:
             raise ConjureError(f"cannot write {name}: {reason}")
-        outputs.append((kind, path))
+        outputs.append((kind, validation.check_output_path(name, f"--{suffix[1:]}" if suffix else "--trajectories")))
     return outputs
 
 
 def cmd_morph(args) -> int:
-    import conjure
-    from conjure import animation
-    from conjure.morph import morph_steps
+    from conjure import animation, jeffreys
+    from conjure.morph import check_morph, check_stages, morph_steps
 
+    text_a, text_b = validation.check_pairs([(args.text_a, args.text_b)])[0]
     outputs = animation_outputs(args)
-    if args.stages < 2:
-        raise ConjureError(f"a morph needs at least 2 stages, got {args.stages}")
+    check_stages(args.stages)
     if args.panel is not None and not 16 <= args.panel <= 4096:
         raise ConjureError(f"--panel must be from 16 to 4096 pixels, got {args.panel}")
     if args.video_scale is not None and not 1 <= args.video_scale <= 8:
@@ -451,9 +436,11 @@ def cmd_morph(args) -> int:
     settings = settings_from(args)
     panel = {"panel": args.panel} if args.panel else {}
     model = model_from(args)
+    run = check_morph(model, text_a, text_b, args.stages, settings, trajectories="trajectories" in kinds,
+                      lower="lower --stages or --size")
     animations = {}
     if "trajectories" in kinds:
-        events = list(conjure.stream(model, args.text_a, args.text_b, **vars(settings)))
+        events = list(jeffreys.stream(model, text_a, text_b, run))
         r = events[-1].result
         frames = animation.trajectory_frames([e.image_a for e in events], [e.image_b for e in events],
                                              [e.difference for e in events], r.per_step, args.text_a, args.text_b,
@@ -463,7 +450,7 @@ def cmd_morph(args) -> int:
         animations["trajectories"] = frames, animation.trajectory_durations(len(frames)), scale
         print(f"Jeffreys divergence {r.jeffreys:.4f} nats (KL(A||B) {r.kl_ab:.4f}, KL(B||A) {r.kl_ba:.4f})")
     if "morph" in kinds:
-        *_, last = morph_steps(model, args.text_a, args.text_b, args.stages, settings)
+        *_, last = morph_steps(model, text_a, text_b, args.stages, run)
         frames = animation.morph_frames(last.images, last.weights, args.text_a, args.text_b, **panel)
         scale = args.video_scale or animation.video_scale(last.images.shape[1], args.panel or animation.MORPH_PANEL)
         animations["morph"] = frames, animation.morph_durations(len(frames)), scale
@@ -513,7 +500,8 @@ def main(argv=None) -> int:
         p.add_argument(f"--{fmt}", metavar="FILE", help=f"write the morph as {fmt.upper() if fmt != 'webm' else 'WebM'}")
     p.add_argument("--trajectories", metavar="FILE", action="append", default=[],
                    help="write both trajectories step by step (.gif, .mp4 or .webm; repeat for several)")
-    p.add_argument("--stages", type=int, default=8, help="morph stages (default 8)")
+    p.add_argument("--stages", type=int, default=8,
+                   help=f"morph stages, from 2 to {LIMITS.max_stages} (default 8)")
     p.add_argument("--panel", type=int, default=None,
                    help="side of each image in the frames, in pixels (default: 256 for the morph, 160 for the "
                         "trajectories; small images are enlarged by nearest neighbour, so they stay crisp)")
@@ -535,7 +523,8 @@ def main(argv=None) -> int:
     p.add_argument("--map", metavar="FILE", help="write the map of meanings: each phrase's image at its MDS point (PNG)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     add_batch_size_option(p)
-    p.add_argument("--max-phrases", type=int, default=100, help="refuse more phrases than this (default 100)")
+    p.add_argument("--max-phrases", type=int, default=LIMITS.max_phrases,
+                   help=f"refuse more phrases than this (default {LIMITS.max_phrases}, the library's limit)")
     add_model_options(p)
     add_estimator_options(p)
     p.set_defaults(func=cmd_matrix)
@@ -547,7 +536,8 @@ def main(argv=None) -> int:
     p.add_argument("--file", help="more candidates, one per line (UTF-8; blank lines and repeats are skipped)")
     p.add_argument("--json", action="store_true", help="print one JSON object per candidate, in rank order")
     add_batch_size_option(p)
-    p.add_argument("--max-phrases", type=int, default=1000, help="refuse more candidates than this (default 1000)")
+    p.add_argument("--max-phrases", type=int, default=LIMITS.max_candidates,
+                   help=f"refuse more candidates than this (default {LIMITS.max_candidates}, the library's limit)")
     add_model_options(p)
     add_estimator_options(p)
     p.set_defaults(func=cmd_rank)

@@ -55,22 +55,10 @@ import torch
 
 from conjure import validation
 from conjure.errors import ConjureError
-from conjure.models import compiled_batch_size
 from conjure.models.base import Conditioning
 from conjure.sampler import advance, common_noise, ddim_sigma, guided, schedule, uses_null_prompt, with_guidance
-
-WEIGHTINGS = ("girsanov", "exact", "girsanov-left", "uniform")
-
-
-@dataclass(frozen=True)
-class Settings:
-    steps: int = 10  # sampler steps, as in the paper
-    samples: int = 1  # k: Monte-Carlo noise samples per pair
-    guidance: float = 1.0  # classifier-free guidance scale steering both trajectories; 1 = none
-    seed: int = 0
-    size: int | None = None  # image side in pixels; None = the model's default
-    eta: float = 1.0  # DDIM eta of the stochastic sampler; 1 = DDPM ancestral sampling
-    weighting: str = "girsanov"  # how the per-step gaps are weighted: see WEIGHTINGS and the module docstring
+from conjure.settings import WEIGHTINGS, Settings  # noqa: F401 (Settings: where the estimator's users look)
+from conjure.validation import Checked
 
 
 # --- the weights of the per-step gaps (the sampler itself is conjure.sampler) -------------
@@ -207,49 +195,16 @@ class BatchStep:
     rewritten: list[list[str | None]] = field(default_factory=list)  # per pair: the texts read, where rewritten
 
 
-# --- validation -------------------------------------------------------------------
-
-
-def check_settings(model, s: Settings) -> int:
-    """Raise ConjureError for unusable settings; return the image size to use."""
-    validation.check_settings(s, WEIGHTINGS)  # types and ranges
-    if s.steps > len(model.alphas_cumprod):
-        raise ConjureError(f"steps must be at most the model's {len(model.alphas_cumprod)} training timesteps, got {s.steps}")
-    size = s.size or model.default_size
-    try:
-        model.latent_shape(size)
-    except ValueError as err:
-        raise ConjureError(str(err)) from None
-    return size
-
-
-def check_prompt(text, which: str, model=None) -> str:
-    """A usable prompt (see conjure.validation); with a model, also one its text encoder reads something of."""
-    text = validation.check_prompt(text, which)
-    if model is not None:
-        validation.check_readable(model, [(which, text)])
-    return text
-
-
-def check_pairs(model, pairs) -> list[tuple[str, str]]:
-    """Pairs of usable prompts that the model's text encoder reads something of."""
-    pairs = validation.check_pairs(pairs)
-    validation.check_readable(model, [(f"{ab}{'' if len(pairs) == 1 else f' of pair {n}'}", text)
-                                      for n, pair in enumerate(pairs, 1) for ab, text in zip("AB", pair)])
-    return pairs
-
-
 # --- the estimator ----------------------------------------------------------------
 
 
 @validation.reports_out_of_memory
-def jeffreys_steps(model, pairs: Sequence[tuple[str, str]], settings: Settings = Settings()) -> Iterator[BatchStep]:
-    """Run both trajectories of every pair, one batched model call per step; yield each step's KL terms."""
-    size = check_settings(model, settings)
-    pairs = check_pairs(model, pairs)
-    if not pairs:
-        raise ConjureError("no pairs to score")
-    validation.check_memory(model, settings, len(pairs))
+def jeffreys_steps(model, pairs: Sequence[tuple[str, str]], run: Checked) -> Iterator[BatchStep]:
+    """Run both trajectories of every pair, one batched model call per step; yield each step's KL terms.
+
+    Trusts its input: the pairs and `run` were checked at the entry point (`conjure.score`, the CLI, the app).
+    """
+    settings, size = run.settings, run.size
     # Guidance: an unconditional branch, or for a guidance-distilled model (Flux-dev) an input of each row.
     k, use_null = settings.samples, uses_null_prompt(model, settings.guidance)
 
@@ -300,17 +255,12 @@ def jeffreys_steps(model, pairs: Sequence[tuple[str, str]], settings: Settings =
     x = x_T.to(device).expand(len(prompts), *x_T.shape).clone()  # (trajectories, k, C, H, W)
     weights = step_weights([step.abar_t for step in steps], settings.eta, settings.weighting)
 
-    compiled = getattr(model, "compiled", False)
     for i, step in enumerate(steps):
-        run = first if i == 0 else later
-        states, rows = x[run.states.to(device)].reshape(-1, *shape), run.rows
-        n = len(states)
-        if compiled:  # pad to one of a few batch sizes, each compiled once, by repeating the last row
-            keep = torch.arange(compiled_batch_size(n)).clamp(max=n - 1)
-            states, rows = states[keep.to(device)], rows.take(keep)
+        call = first if i == 0 else later
+        states = x[call.states.to(device)].reshape(-1, *shape)
         t_batch = torch.full((len(states),), step.timestep, dtype=torch.long, device=device)
-        out = model.predict_noise(states, t_batch, rows)[:n].float().reshape(len(run.states), k, *shape)
-        evaluations = out[run.serves.to(out.device)]  # (len(needed), k, C, H, W)
+        out = model.predict_noise(states, t_batch, call.rows).float().reshape(len(call.states), k, *shape)
+        evaluations = out[call.serves.to(out.device)]  # (len(needed), k, C, H, W)
 
         eps = evaluations[reads.to(out.device)]  # (P, 2, 3, k, C, H, W)
         eps_null = eps[:, :, 2] if use_null else None
@@ -386,21 +336,34 @@ def reweight(per_step: dict, weighting: str, eta: float = 1.0, steps: Sequence[i
     return Reweighted(sum(ab), sum(ba), (sum(ab) + sum(ba)) / 2, ab, ba)
 
 
-def score_batch(model, pairs: Sequence[tuple[str, str]], settings: Settings = Settings()) -> list[JeffreysResult]:
+def score_batch(model, pairs: Sequence[tuple[str, str]], run: Checked) -> list[JeffreysResult]:
     """Score a batch of pairs together: one model call per step for all of them."""
     start = time.perf_counter()
-    steps = [replace(event, x0=None, eps_gap=None) for event in jeffreys_steps(model, pairs, settings)]
+    steps = [replace(event, x0=None, eps_gap=None) for event in jeffreys_steps(model, pairs, run)]
     seconds = (time.perf_counter() - start) / len(pairs)
-    return summarize(list(pairs), steps, seconds, settings, model, steps[-1].truncated)
+    return summarize(list(pairs), steps, seconds, run.settings, model, steps[-1].truncated)
 
 
-def stream(model, text_a: str, text_b: str, settings: Settings = Settings(), previews: bool = True,
+def score_batches(model, pairs: Sequence[tuple[str, str]], run: Checked, progress: bool = False) -> list[JeffreysResult]:
+    """Score the pairs `run.batch_size` at a time, with a progress bar of pairs if asked."""
+    from tqdm.auto import tqdm
+
+    results: list[JeffreysResult] = []
+    with tqdm(total=len(pairs), unit="pair", disable=not progress) as bar:
+        for i in range(0, len(pairs), run.batch_size):
+            results += score_batch(model, pairs[i : i + run.batch_size], run)
+            bar.update(len(pairs[i : i + run.batch_size]))
+    return results
+
+
+def stream(model, text_a: str, text_b: str, run: Checked, previews: bool = True,
            decode_final: bool = True) -> Iterator[StepEvent]:
     """Yield one StepEvent per sampler step for a single pair; the last one carries the JeffreysResult."""
+    settings = run.settings
     start = time.perf_counter()
     steps: list[BatchStep] = []
     total_ab = total_ba = 0.0
-    for event in jeffreys_steps(model, [(text_a, text_b)], settings):
+    for event in jeffreys_steps(model, [(text_a, text_b)], run):
         kl_ab, kl_ba = float(event.kl_ab[0].mean()), float(event.kl_ba[0].mean())
         total_ab, total_ba = total_ab + kl_ab, total_ba + kl_ba
         last = event.index == settings.steps - 1

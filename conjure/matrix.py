@@ -33,31 +33,28 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from conjure import validation
+from conjure import calibration, validation
 from conjure.errors import ConjureError
-from conjure.jeffreys import (JeffreysResult, Settings, check_prompt, check_settings, dtype_name, jeffreys_steps,
-                              summarize)
+from conjure.jeffreys import JeffreysResult, dtype_name, jeffreys_steps, score_batches, summarize
+from conjure.settings import LIMITS, Limits
+from conjure.validation import Checked
 
 
-def distinct_phrases(phrases: Iterable[str]) -> tuple[list[str], list[str]]:
+def distinct_phrases(phrases: Iterable[str], name: str = "phrase") -> tuple[list[str], list[str]]:
     """The phrases, stripped, empty ones dropped and repeats kept once (first place), and the repeated phrases.
 
-    Raises ConjureError for anything that is not text: a non-string, or a string that cannot be
-    written as UTF-8 (lone surrogates: undecodable bytes on a command line).
+    Raises ConjureError for anything that is not text: a non-string, a string that cannot be
+    written as UTF-8 (lone surrogates: undecodable bytes on a command line), or one of only control
+    or invisible characters. `name` names the items in messages ("phrase 3", "candidate 3").
     """
     if isinstance(phrases, str) or not isinstance(phrases, Iterable):
-        raise ConjureError(f"give the phrases as a list of strings, not {type(phrases).__name__}")
+        raise ConjureError(f"give the {name}s as a list of strings, not {type(phrases).__name__}")
     kept: list[str] = []
     seen: set[str] = set()
     repeated: list[str] = []
     for n, text in enumerate(phrases, 1):
-        if not isinstance(text, str):
-            raise ConjureError(f"phrase {n} must be a string, got {type(text).__name__}")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ConjureError(f"phrase {n} is not valid text (undecodable bytes?): "
-                               f"{text.encode('utf-8', 'backslashreplace').decode()[:60]!r}") from None
+        if not isinstance(text, str) or text.strip():
+            validation.check_text(text, f"{name} {n}")
         text = text.strip()
         if not text:
             continue
@@ -188,26 +185,48 @@ class MatrixProgress:
     result: MatrixResult | None = None
 
 
-@validation.reports_out_of_memory
-def matrix_steps(model, phrases: Sequence[str], *, batch_size: int | None = None, **settings) -> Iterator[MatrixProgress]:
+def check_phrases(phrases, limits: Limits = LIMITS, hint: str = "") -> tuple[list[str], list[str]]:
+    """The distinct phrases of a matrix and the repeated ones: at least two, at most `limits.max_phrases`."""
+    kept, repeated = distinct_phrases(phrases)
+    if len(kept) < 2:
+        only = f" (only {kept[0]!r}{', repeated' if repeated else ''})" if kept else ""
+        raise ConjureError(f"a matrix needs at least two different phrases{only}")
+    validation.check_count(len(kept), limits.max_phrases, "different phrases",
+                           f"{hint} (every pair is scored: {len(kept) * (len(kept) - 1) // 2} pairs)")
+    return kept, repeated
+
+
+def check_matrix(model, phrases: list[str], settings, *, batch_size: int | None = None, limits: Limits = LIMITS,
+                 lower: str = validation.LOWER, option: str = "batch_size") -> tuple[list[str], Checked]:
+    """The rest of a matrix's checks once the model is loaded: each distinct phrase (from `check_phrases`) is read
+    by its text encoder, and the run of N(N-1)/2 pairs fits the model, the limits and the memory."""
+    phrases = [validation.check_text(p, f"phrase {i}", model) for i, p in enumerate(phrases, 1)]
+    n = len(phrases)
+    run = validation.check_run(model, settings, pairs=n * (n - 1) // 2, batch_size=batch_size, decoded_images=n,
+                               limits=limits, lower=lower, option=option)
+    return phrases, run
+
+
+def matrix_steps(model, phrases: Sequence[str], *, batch_size: int | None = None, limits: Limits = LIMITS,
+                 **settings) -> Iterator[MatrixProgress]:
     """Score every pair of distinct phrases, yielding after each sampler step (so a UI can report and stop)."""
-    from conjure import calibration
     from conjure.models import load_model
 
     start = time.perf_counter()
-    model, s = load_model(model), validation.make_settings(Settings, settings)
-    batch_size = validation.check_batch_size(batch_size)
-    phrases, duplicates = distinct_phrases(phrases)
-    if len(phrases) < 2:
-        only = f" (only {phrases[0]!r})" if phrases else ""
-        raise ConjureError(f"a matrix needs at least two different phrases{only}")
-    check_settings(model, s)
-    phrases = [check_prompt(p, str(i), model) for i, p in enumerate(phrases, 1)]  # every one, before any is scored
-    n = len(phrases)
+    model, s = load_model(model), validation.make_settings(settings)
+    phrases, duplicates = check_phrases(phrases, limits)
+    phrases, run = check_matrix(model, phrases, s, batch_size=batch_size, limits=limits)
+    yield from scored_matrix(model, phrases, duplicates, run, start)
+
+
+@validation.reports_out_of_memory
+def scored_matrix(model, phrases: list[str], duplicates: list[str], run: Checked,
+                  start: float | None = None) -> Iterator[MatrixProgress]:
+    """The work of `matrix_steps` on checked, distinct phrases (trusted: the entry point checked them)."""
+    start = time.perf_counter() if start is None else start
+    s, n = run.settings, len(phrases)
     pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
-    batch_size = batch_size or validation.auto_batch_size(model, s, len(pairs), decoded_images=n)
-    validation.check_memory(model, s, min(batch_size, len(pairs)), decoded_images=n)
-    batches = [pairs[b : b + batch_size] for b in range(0, len(pairs), batch_size)]
+    batches = [pairs[b : b + run.batch_size] for b in range(0, len(pairs), run.batch_size)]
 
     jeffreys, kl, stderr = np.zeros((n, n)), np.zeros((n, n)), np.zeros((n, n))
     final: dict[int, torch.Tensor] = {}  # phrase -> final state of its first trajectory, noise sample 0
@@ -217,7 +236,7 @@ def matrix_steps(model, phrases: Sequence[str], *, batch_size: int | None = None
     for number, batch in enumerate(batches, 1):
         texts = [(phrases[i], phrases[j]) for i, j in batch]
         started, steps = time.perf_counter(), []
-        for event in jeffreys_steps(model, texts, s):
+        for event in jeffreys_steps(model, texts, run):
             if event.index == s.steps - 1:  # the last step's x0 is the final state
                 for p, (i, j) in enumerate(batch):
                     for trajectory, phrase in ((0, i), (1, j)):
@@ -256,19 +275,25 @@ def matrix_steps(model, phrases: Sequence[str], *, batch_size: int | None = None
 
 
 def similarity_matrix(model, phrases: Sequence[str], *, batch_size: int | None = None, progress: bool = False,
-                      **settings) -> MatrixResult:
+                      limits: Limits = LIMITS, **settings) -> MatrixResult:
     """The N x N Jeffreys matrix of distinct phrases, each pair scored once, `batch_size` pairs per model call
     (default: chosen from the model, device and memory).
 
     Repeated phrases are scored once (listed in `duplicates`), empty ones dropped; fewer than two
-    different phrases is a ConjureError. `progress=True` shows a progress bar of pairs. Settings as
-    for `conjure.score` (steps, samples, guidance, seed, size, eta, weighting).
+    different phrases is a ConjureError, and so are more than `limits.max_phrases` (100 by default:
+    4,950 pairs; pass a larger `conjure.Limits` to go further). `progress=True` shows a progress bar of
+    pairs. Settings as for `conjure.score` (steps, samples, guidance, seed, size, eta, weighting).
     """
+    return collect(matrix_steps(model, phrases, batch_size=batch_size, limits=limits, **settings), progress)
+
+
+def collect(events: Iterator[MatrixProgress], progress: bool = False) -> MatrixResult:
+    """The result of a matrix's events, with a progress bar of pairs if asked."""
     from tqdm.auto import tqdm
 
     result, bar = None, None
     try:
-        for event in matrix_steps(model, phrases, batch_size=batch_size, **settings):
+        for event in events:
             if bar is None:  # made once the number of pairs is known, so it never shows an empty bar
                 bar = tqdm(total=event.pairs, unit="pair", disable=not progress)
             bar.n = event.pairs_done if event.result is None else event.pairs
@@ -280,17 +305,32 @@ def similarity_matrix(model, phrases: Sequence[str], *, batch_size: int | None =
     return result
 
 
-def rank(model, query: str, candidates: Sequence[str], *, batch_size: int | None = None, progress: bool = False,
-         **settings) -> list[JeffreysResult]:
-    """The candidates sorted by Jeffreys divergence from `query`, most alike first: one result per
-    distinct candidate (text_a = query, text_b = candidate; repeats and empty strings dropped)."""
-    import conjure
-
-    if not isinstance(query, str) or not query.strip():
-        raise ConjureError("the query is empty")
-    kept, _ = distinct_phrases(candidates)
+def check_candidates(query, candidates, limits: Limits = LIMITS, hint: str = "") -> tuple[str, list[str], list[str]]:
+    """A ranking's query (stripped), its distinct candidates (at most `limits.max_candidates`) and the repeated ones."""
+    query = validation.check_text(query, "the query").strip()
+    kept, repeated = distinct_phrases(candidates, "candidate")
     if not kept:
         raise ConjureError("no candidates to rank")
-    results = conjure.score_pairs(model, [(query.strip(), c) for c in kept], batch_size=batch_size,
-                                  progress=progress, **settings)
+    validation.check_count(len(kept), limits.max_candidates, "different candidates", hint)
+    return query, kept, repeated
+
+
+def ranked(model, pairs: list[tuple[str, str]], run: Checked, progress: bool = False) -> list[JeffreysResult]:
+    """The (query, candidate) pairs scored and sorted, most alike first (trusted: checked at the entry point)."""
+    results = score_batches(model, pairs, run, progress)
+    calibration.add_percentiles(model, results, run.settings)
     return sorted(results, key=lambda r: r.jeffreys)
+
+
+def rank(model, query: str, candidates: Sequence[str], *, batch_size: int | None = None, progress: bool = False,
+         limits: Limits = LIMITS, **settings) -> list[JeffreysResult]:
+    """The candidates sorted by Jeffreys divergence from `query`, most alike first: one result per
+    distinct candidate (text_a = query, text_b = candidate; repeats and empty strings dropped), at most
+    `limits.max_candidates` (1000 by default)."""
+    from conjure.models import load_model
+
+    model, s = load_model(model), validation.make_settings(settings)
+    query, kept, _ = check_candidates(query, candidates, limits)
+    pairs = validation.check_pairs([(query, c) for c in kept], model)
+    run = validation.check_run(model, s, pairs=len(pairs), batch_size=batch_size, limits=limits)
+    return ranked(model, pairs, run, progress)

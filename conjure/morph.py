@@ -22,9 +22,10 @@ import torch
 
 from conjure import validation
 from conjure.errors import ConjureError
-from conjure.jeffreys import Settings, check_prompt, check_settings
 from conjure.models.base import Conditioning
 from conjure.sampler import advance, common_noise, guided, schedule, uses_null_prompt, with_guidance
+from conjure.settings import LIMITS, Limits
+from conjure.validation import Checked
 
 
 @dataclass
@@ -57,18 +58,34 @@ def interpolate(a: Conditioning, b: Conditioning, weights) -> Conditioning:
     return Conditioning(tensors)
 
 
-@validation.reports_out_of_memory
-def morph_steps(model, text_a: str, text_b: str, stages: int = 8,
-                settings: Settings = Settings()) -> Iterator[MorphStep]:
-    """Sample all stages together, yielding after every step (so a UI can report progress or stop)."""
-    size = check_settings(model, settings)
-    text_a, text_b = check_prompt(text_a, "A", model), check_prompt(text_b, "B", model)
+def check_stages(stages, limits: Limits = LIMITS) -> int:
+    """Morph stages: a whole number from 2 to `limits.max_stages`."""
     if not validation.is_whole(stages) or stages < 2:
         raise ConjureError(f"a morph needs at least 2 stages, got {stages!r}")
-    evaluations = stages * (2 if settings.guidance != 1 else 1)  # one batched call: as many as ceil(n / 4) pairs
-    validation.check_memory(model, replace(settings, samples=1, guidance=1), math.ceil(evaluations / 4),
-                            decoded_images=stages, lower="lower the morph stages or the image size",
-                            explain=f"{stages} morph stages at {size} px")
+    validation.check_count(stages, limits.max_stages, "morph stages")
+    return int(stages)
+
+
+def check_morph(model, text_a: str, text_b: str, stages: int, settings, limits: Limits = LIMITS,
+                trajectories: bool = False, lower: str = "lower the morph stages or the image size (or raise "
+                                                         "CONJURE_MAX_MEMORY_GB)") -> Checked:
+    """The rest of a morph's checks once the model is loaded (the stages and the prompts' text are checked before):
+    the prompts are read by its text encoder, the settings fit the model and the limits, and its one batched call
+    per step fits the memory (and the pair's trajectories, when they are drawn too)."""
+    validation.check_readable(model, [("prompt A", text_a), ("prompt B", text_b)])
+    run = validation.check_run(model, settings, batch_size=1, limits=limits, memory=trajectories, lower=lower)
+    evaluations = stages * (2 if run.settings.guidance != 1 else 1)  # one batched call: as many as ceil(n / 4) pairs
+    validation.check_memory(model, replace(run.settings, samples=1, guidance=1), math.ceil(evaluations / 4),
+                            decoded_images=stages, lower=lower, explain=f"{stages} morph stages at {run.size} px")
+    return run
+
+
+@validation.reports_out_of_memory
+def morph_steps(model, text_a: str, text_b: str, stages: int, run: Checked) -> Iterator[MorphStep]:
+    """Sample all stages together, yielding after every step (so a UI can report progress or stop).
+
+    Trusts its input: `check_stages` and `check_morph` checked it at the entry point (`morph`, the CLI, the app)."""
+    settings, size = run.settings, run.size
     weights = np.linspace(0.0, 1.0, stages)
 
     encoded = model.encode([text_a, text_b])
@@ -94,9 +111,14 @@ def morph_steps(model, text_a: str, text_b: str, stages: int = 8,
         yield MorphStep(step.index + 1, settings.steps, weights, model.decode(x0) if last else None)
 
 
-def morph(model, text_a: str, text_b: str, stages: int = 8, **settings) -> MorphStep:
-    """Run the whole morph; returns the last MorphStep (weights and decoded images)."""
+def morph(model, text_a: str, text_b: str, stages: int = 8, *, limits: Limits = LIMITS, **settings) -> MorphStep:
+    """Run the whole morph; returns the last MorphStep (weights and decoded images). At most `limits.max_stages`
+    stages (64 by default)."""
     from conjure.models import load_model
 
-    *_, last = morph_steps(load_model(model), text_a, text_b, stages, validation.make_settings(Settings, settings))
+    model = load_model(model)
+    text_a, text_b = validation.check_pairs([(text_a, text_b)])[0]
+    stages = check_stages(stages, limits)
+    run = check_morph(model, text_a, text_b, stages, settings, limits)
+    *_, last = morph_steps(model, text_a, text_b, stages, run)
     return last

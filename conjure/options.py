@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from conjure.jeffreys import WEIGHTINGS, Settings
 from conjure.models import MODEL_ALIASES
+from conjure.settings import WEIGHTINGS, Settings
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -17,8 +17,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="default (auto): float16 on a GPU; on a CPU float32, or bfloat16 for models measured to "
                         "score alike in it (the embedded model) where the CPU computes bfloat16 natively")
     p.add_argument("--compile", action="store_true",
-                   help="compile the UNet with torch.compile: about 15%% faster per call in bfloat16 on a CPU, after "
-                        "about 20 s of compiling per batch shape (seconds once cached); for long runs")
+                   help="compile the UNet with torch.compile: faster per call after a compilation per batch shape; "
+                        "for long runs (docs/performance.md)")
 
 
 def model_from(args, device: str | None = None):
@@ -38,7 +38,7 @@ def add_estimator_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=d.steps, help=f"sampler steps (default {d.steps}, as in the paper)")
     p.add_argument("--samples", "-k", type=int, default=d.samples, help="Monte-Carlo noise samples per pair")
     p.add_argument("--guidance", type=float, default=d.guidance, help="classifier-free guidance scale (1 = none)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="the noise: a whole number from 0 to 2**64 - 1")
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's)")
     p.add_argument("--eta", type=float, default=d.eta, help="DDIM eta of the stochastic sampler (1 = DDPM; 0 is refused)")
     p.add_argument("--weighting", default=d.weighting, choices=WEIGHTINGS,
@@ -47,5 +47,6 @@ def add_estimator_options(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args) -> Settings:
+    """The estimator settings the options give, checked (a bad value is a ConjureError)."""
     return Settings(steps=args.steps, samples=args.samples, guidance=args.guidance, seed=args.seed, size=args.size,
                     eta=args.eta, weighting=args.weighting)

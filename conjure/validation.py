@@ -1,106 +1,96 @@
 """The one layer that checks what a user sends, shared by the Python API, the CLI and the app.
 
-Every check raises `conjure.ConjureError` with a message that says what was wrong and what to do:
+Each entry point checks its input once, before any model work, and hands the functions that do the work a
+`Checked` run, which they trust. Every check raises `conjure.ConjureError` with a message that says what was wrong
+and what to do:
 
-    check_settings(s, weightings)   types and ranges of the estimator settings (no model needed)
-    make_settings(Settings, kwargs) Settings from keyword arguments: unknown names refused, numbers made plain
-    check_prompt(text, which)       a string, valid Unicode, not empty, not only control or invisible characters
-    check_readable(model, named)    the model's text encoder reads something of each prompt (after emoji -> words)
-    check_pairs(pairs)              a list of (text_a, text_b) pairs of valid prompts
-    check_batch_size(n), check_device(device), check_model_argument(model), check_output_path(path)
+    conjure.settings.Settings        types and ranges of the estimator settings, checked when one is made
+    check_run(model, settings, ...)  -> Checked: steps against the model's schedule, sizes it can sample, the
+                                     limits (`conjure.settings.Limits`), the batch size and the memory estimate
+    check_text(text, name)           a string, valid Unicode, not empty, not only control or invisible characters
+    check_readable(model, named)     the model's text encoder reads something of each prompt (after emoji -> words)
+    check_pairs(pairs)               a list of (text_a, text_b) pairs of valid prompts
+    check_count(n, limit, ...)       at most so many phrases, candidates or stages
+    check_batch_size(n), check_device(device), check_model_argument(model)
+    check_output_path(path), check_input_file(path)   a file opened for writing, or a file (not a folder) to read
     estimate_memory(model, settings, batch_size)  what a run of the estimator needs, against
     check_memory(...)                             `memory_limit(device)`: $CONJURE_MAX_MEMORY_GB, else a
                                                   fraction of the free GPU memory or of the available RAM
     reports_out_of_memory           out of memory during a run becomes a ConjureError saying what to lower
-
-The model-specific part of the settings (steps against the model's schedule, sizes it can sample) is
-`conjure.jeffreys.check_settings`, which calls `check_settings` here first.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import numbers
 import os
 import unicodedata
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
 from conjure.errors import ConjureError
+from conjure.settings import LIMITS, SEED_MAX, Limits, Settings, describe, is_number, is_whole  # noqa: F401
 
-# What torch.Generator.manual_seed accepts.
-SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 RAM_FRACTION = 0.8  # of the available RAM, when CONJURE_MAX_MEMORY_GB is not set
 GPU_FRACTION = 0.9  # of the free GPU memory
 LOWER = "lower samples (k), the batch size or the image size (or raise CONJURE_MAX_MEMORY_GB)"
 
 
-# --- plain values -----------------------------------------------------------------------------
+# --- a run, checked once ---------------------------------------------------------------------------
 
 
-def describe(value, limit: int = 60) -> str:
-    """A short, printable description of a value for a message: its repr, and its type unless a string."""
-    text = repr(value)
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return text if isinstance(value, str) else f"{text} ({type(value).__name__})"
+@dataclass(frozen=True)
+class Checked:
+    """Settings checked against the model they run on, at an entry point; the estimator, the matrix and the morph
+    take one and check nothing again. Plain data, so it crosses a process boundary (the app on ZeroGPU)."""
+
+    settings: Settings
+    size: int  # the image side in pixels: settings.size or the model's default
+    batch_size: int  # pairs per batched model call
 
 
-def is_whole(value) -> bool:
-    """An integer (Python or numpy), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+def make_settings(settings) -> Settings:
+    """A `Settings` as given, or made from a dict of keyword arguments (unknown names refused)."""
+    return settings if isinstance(settings, Settings) else Settings.from_dict(settings)
 
 
-def is_number(value) -> bool:
-    """A finite real number (Python or numpy), not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+def check_count(count: int, limit: int | None, what: str, hint: str = "") -> None:
+    """At most `limit` of something (phrases, candidates, stages) in one call: `what` names them ("5 phrases")."""
+    if limit is not None and count > limit:
+        raise ConjureError(f"{count} {what}; the limit is {limit}{hint}")
 
 
-# --- estimator settings ----------------------------------------------------------------------------
+def check_for_model(model, s: Settings, limits: Limits = LIMITS) -> int:
+    """The settings against the model and the limits; the image side to use."""
+    if s.steps > len(model.alphas_cumprod):
+        raise ConjureError(f"steps must be at most the model's {len(model.alphas_cumprod)} training timesteps, "
+                           f"got {s.steps}")
+    for name, value, limit in (("steps", s.steps, limits.max_steps), ("samples (k)", s.samples, limits.max_samples),
+                               ("image size", s.size, limits.max_size)):
+        if limit is not None and value is not None and value > limit:
+            raise ConjureError(f"{name} must be at most {limit}, got {value}")
+    size = s.size or model.default_size
+    try:
+        model.latent_shape(size)
+    except ValueError as err:
+        raise ConjureError(str(err)) from None
+    return size
 
 
-def check_settings(s, weightings: tuple[str, ...] | None = None) -> None:
-    """Types and ranges of `conjure.Settings` that need no model; `weightings`: the names to accept, if given."""
-    if not is_whole(s.steps) or s.steps < 1:
-        raise ConjureError(f"steps must be a positive integer, got {describe(s.steps)}")
-    if not is_whole(s.samples) or s.samples < 1:
-        raise ConjureError(f"samples (k) must be a positive integer, got {describe(s.samples)}")
-    if not is_number(s.guidance) or s.guidance <= 0:
-        raise ConjureError(f"guidance must be a positive number (1 = no classifier-free guidance), "
-                           f"got {describe(s.guidance)}")
-    if not is_number(s.eta) or not 0 <= s.eta <= 1:
-        raise ConjureError(f"eta must be in (0, 1], got {describe(s.eta)}")
-    if s.eta == 0:
-        raise ConjureError(
-            "eta=0 is deterministic DDIM: each reverse process is a point mass, so the path KL between two "
-            "prompts is infinite. Use a stochastic sampler, eta in (0, 1] (1 = DDPM ancestral sampling)."
-        )
-    if not is_whole(s.seed) or not SEED_MIN <= s.seed <= SEED_MAX:
-        raise ConjureError(f"seed must be a whole number from 0 to 2**64 - 1 = {SEED_MAX}, got {describe(s.seed)}")
-    if s.size is not None and (not is_whole(s.size) or s.size < 0):
-        raise ConjureError(f"size must be a positive integer (the image side in pixels), or None or 0 for the "
-                           f"model's default, got {describe(s.size)}")
-    if not isinstance(s.weighting, str) or weightings is not None and s.weighting not in weightings:
-        names = ", ".join(weightings) if weightings else "girsanov, exact, girsanov-left, uniform"
-        raise ConjureError(f"weighting must be one of {names}, got {describe(s.weighting)}")
-
-
-def make_settings(settings_class, kwargs: dict):
-    """`settings_class(**kwargs)` (conjure.Settings), checked: unknown names and bad values are ConjureErrors;
-    numpy numbers become Python numbers (so results serialise as JSON)."""
-    names = [f.name for f in fields(settings_class)]
-    unknown = sorted(set(kwargs) - set(names))
-    if unknown:
-        raise ConjureError(f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-                           f"the settings are {', '.join(names)}")
-    s = settings_class(**kwargs)
-    check_settings(s)
-    return replace(s, steps=int(s.steps), samples=int(s.samples), guidance=float(s.guidance), seed=int(s.seed),
-                   size=int(s.size) or None if s.size is not None else None, eta=float(s.eta))
+def check_run(model, settings, *, pairs: int = 1, batch_size: int | None = None, decoded_images: int = 0,
+              limits: Limits = LIMITS, memory: bool = True, lower: str = LOWER, option: str = "batch_size") -> Checked:
+    """Everything about a run of `pairs` pairs that depends on the model, checked once, before any model work:
+    the settings (a `Settings` or a dict of them) against the model and the limits, the batch size (chosen when
+    not given) and, unless `memory=False` (the morph estimates its own), the memory of one batch."""
+    s = make_settings(settings)
+    size = check_for_model(model, s, limits)
+    batch_size = check_batch_size(batch_size, option) or auto_batch_size(model, s, max(pairs, 1), decoded_images)
+    if memory and pairs:
+        check_memory(model, s, min(batch_size, pairs), decoded_images=decoded_images, lower=lower)
+    return Checked(s, size, batch_size)
 
 
 # --- prompts and pairs ------------------------------------------------------------------------------
@@ -115,30 +105,38 @@ def printable(text: str, limit: int = 60) -> str:
     return describe(text.encode("utf-8", "backslashreplace").decode("utf-8"), limit)
 
 
-def check_prompt(text, which: str = "A") -> str:
-    """A prompt: a string of valid Unicode with something visible in it. Returned unchanged."""
+def check_text(text, name: str, model=None) -> str:
+    """A text a user gave (`name`: "prompt A", "phrase 3", "the query"): a string of valid Unicode with something
+    visible in it, and with a model, something its text encoder reads (`check_readable`). Returned unchanged."""
     if not isinstance(text, str):
-        raise ConjureError(f"prompt {which} must be a string, got {type(text).__name__}")
+        raise ConjureError(f"{name} must be a string, got {type(text).__name__}")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as err:
         raise ConjureError(
-            f"prompt {which} is not valid text: it holds a lone surrogate U+{ord(text[err.start]):04X} at position "
+            f"{name} is not valid text: it holds a lone surrogate U+{ord(text[err.start]):04X} at position "
             f"{err.start} (undecodable bytes, or half of a UTF-16 pair); send proper Unicode text"
         ) from None
     if not text.strip():
-        raise ConjureError(f"prompt {which} is empty")
+        raise ConjureError(f"{name} is empty")
     if all(_invisible(ch) for ch in text):
         codes = ", ".join(sorted({f"U+{ord(ch):04X}" for ch in text if not ch.isspace()}))
-        raise ConjureError(f"prompt {which} is empty: it holds only control or invisible characters ({codes})")
+        raise ConjureError(f"{name} is empty: it holds only control or invisible characters ({codes})")
+    if model is not None:
+        check_readable(model, [(name, text)])
     return text
+
+
+def check_prompt(text, which: str = "A", model=None) -> str:
+    """Prompt A or B (or "A of pair 3"): see `check_text`."""
+    return check_text(text, f"prompt {which}", model)
 
 
 def check_readable(model, named: list[tuple[str, str]]) -> None:
     """Refuse a prompt of which the model's text encoder reads nothing but unknown or special tokens.
 
-    `named` is [(which, text), ...]. Emoji the tokenizer cannot read are read as their names (conjure.text),
-    so "🦁" passes; a prompt of characters the tokenizer does not know ("𓀀") encodes like the empty prompt.
+    `named` is [(name, text), ...], named as in `check_text`. Emoji the tokenizer cannot read are read as their
+    names (conjure.text), so "🦁" passes; a prompt of characters the tokenizer does not know ("𓀀") encodes like the empty prompt.
     """
     from conjure import text as texts
 
@@ -146,18 +144,19 @@ def check_readable(model, named: list[tuple[str, str]]) -> None:
     if tokenizer is None:
         return
     seen: set[str] = set()
-    for which, text in named:
+    for name, text in named:
         if text in seen:
             continue
         seen.add(text)
         if not texts.readable(tokenizer, texts.emoji_as_words(tokenizer, text)):
             encoder = getattr(model, "text_encoder_name", "the text encoder")
-            raise ConjureError(f"prompt {which} is empty to the model: {encoder} reads nothing of {printable(text)} "
+            raise ConjureError(f"{name} is empty to the model: {encoder} reads nothing of {printable(text)} "
                                "(only characters its tokenizer does not know); use words")
 
 
-def check_pairs(pairs) -> list[tuple[str, str]]:
-    """A list of (text_a, text_b) pairs of valid prompts; anything else is refused, never guessed at."""
+def check_pairs(pairs, model=None) -> list[tuple[str, str]]:
+    """A list of (text_a, text_b) pairs of valid prompts (with a model: that its text encoder reads something of);
+    anything else is refused, never guessed at."""
     if isinstance(pairs, (str, bytes)):
         raise ConjureError("pairs must be a list of (text_a, text_b) pairs, not one string")
     try:
@@ -174,6 +173,9 @@ def check_pairs(pairs) -> list[tuple[str, str]]:
                                f"{'text' if len(pair) == 1 else 'texts'}: {describe(pair).rsplit(' (', 1)[0]}")
         where = "" if len(items) == 1 else f" of pair {n}"
         out.append((check_prompt(pair[0], "A" + where), check_prompt(pair[1], "B" + where)))
+    if model is not None:
+        check_readable(model, [(f"prompt {ab}{'' if len(out) == 1 else f' of pair {n}'}", text)
+                               for n, pair in enumerate(out, 1) for ab, text in zip("AB", pair)])
     return out
 
 
@@ -240,18 +242,36 @@ def check_model_argument(model):
                        f"diffusers pipeline or a conjure model, got {describe(model)}")
 
 
-def check_output_path(path, option: str = "-o") -> Path:
-    """A file that can be written: its folder exists and is writable, and it is not itself a folder."""
+def check_output_path(path, option: str = "-o", suffixes: tuple[str, ...] = ()) -> Path:
+    """A file that can be written, found by opening it for appending before any model work (a file that was not
+    there is removed again); `suffixes`: the endings its name may have (".png", ...)."""
     if not isinstance(path, (str, os.PathLike)):
         raise ConjureError(f"{option} must be a file name, got {describe(path)}")
     file = Path(path)
+    if suffixes and file.suffix.lower() not in suffixes:
+        raise ConjureError(f"{option} needs a file name ending in {' or '.join(suffixes)}, got {path}")
     if file.is_dir():
         raise ConjureError(f"cannot write {path}: it is a folder; give a file name")
-    folder = file.parent
-    if not folder.is_dir():
-        raise ConjureError(f"cannot write {path}: no folder {folder}")
-    if file.exists() and not os.access(file, os.W_OK) or not file.exists() and not os.access(folder, os.W_OK):
-        raise ConjureError(f"cannot write {path}: permission denied")
+    if not file.parent.is_dir():
+        raise ConjureError(f"cannot write {path}: no folder {file.parent}")
+    existed = file.exists()
+    try:
+        with open(file, "ab"):
+            pass
+    except OSError as err:
+        raise ConjureError(f"cannot write {path}: {err.strerror or err}") from None
+    if not existed:
+        file.unlink(missing_ok=True)
+    return file
+
+
+def check_input_file(path, what: str) -> Path:
+    """A file to read (`what`: "pairs file", "phrases file"): there, and a file, not a folder."""
+    file = Path(path)
+    if file.is_dir():
+        raise ConjureError(f"{what} {path} is a folder; give a file")
+    if not file.is_file():
+        raise ConjureError(f"{what} not found: {path}")
     return file
 
 

@@ -14,10 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-from conjure import app_handlers as h
+import conjure
+
+from conjure import app_handlers as h, validation
 from conjure.errors import ConjureError
+from conjure.settings import SEED_MAX, Settings
 
 OUT = {name: i for i, name in enumerate(h.OUTPUTS)}
+LIMITS = h.app_limits()
 SMALL = dict(model="emoji", steps=3, samples=1, guidance=1.0, seed=0, size=0, stages=3)
 
 
@@ -35,28 +39,30 @@ def is_skip(value) -> bool:
 
 def test_check_request_returns_clean_values():
     r = request(text_a="  snow leopard ", steps=4.0, size="32", seed=5)
-    assert r == {"text_a": "snow leopard", "text_b": "tiger", "model": "emoji", "steps": 4, "samples": 1,
-                 "guidance": 1.0, "seed": 5, "size": 32, "stages": 3}
-    assert request(size=0)["size"] is None and request(size=None)["size"] is None
+    assert r == {"text_a": "snow leopard", "text_b": "tiger", "model": "emoji", "stages": 3,
+                 "settings": Settings(steps=4, samples=1, guidance=1.0, seed=5, size=32)}
+    assert request(size=0)["settings"].size is None and request(size=None)["settings"].size is None
+    assert request(seed=SEED_MAX)["settings"].seed == SEED_MAX  # the library's seed range, not 2**31 - 1
 
 
 @pytest.mark.parametrize("changes, message", [
     ({"text_a": ""}, "prompt A is empty"),
     ({"text_b": "   "}, "prompt B is empty"),
     ({"text_a": None}, "prompt A is empty"),
-    ({"text_b": "x" * (h.LIMITS.max_prompt_chars + 1)}, "characters long"),
+    ({"text_b": "x" * (LIMITS.max_prompt_chars + 1)}, "characters long"),
     ({"model": "../../etc/passwd"}, "unknown model"),
     ({"model": "someone/any-hub-model"}, "unknown model"),
     ({"steps": 0}, "steps must be between"),
-    ({"steps": h.LIMITS.max_steps + 1}, "steps must be between"),
+    ({"steps": LIMITS.max_steps + 1}, "steps must be between"),
     ({"steps": 2.5}, "whole number"),
     ({"steps": True}, "whole number"),
-    ({"samples": h.LIMITS.max_samples + 1}, "samples"),
-    ({"stages": 1}, "morph stages"),
-    ({"stages": h.LIMITS.max_stages + 1}, "morph stages"),
-    ({"size": h.LIMITS.max_size + 8}, "image size"),
+    ({"samples": LIMITS.max_samples + 1}, "samples"),
+    ({"stages": 1}, "a morph needs at least 2 stages"),
+    ({"stages": LIMITS.max_stages + 1}, f"{LIMITS.max_stages + 1} morph stages; the limit is {LIMITS.max_stages}"),
+    ({"size": LIMITS.max_size + 8}, "image size"),
     ({"size": "big"}, "whole number"),
-    ({"seed": -1}, "seed"),
+    ({"seed": -1}, "seed must be between 0 and"),
+    ({"seed": SEED_MAX + 1}, "seed must be between 0 and"),
     ({"guidance": 0.5}, "guidance"),
     ({"guidance": float("nan")}, "guidance"),
     ({"guidance": h.MAX_GUIDANCE + 1}, "guidance"),
@@ -66,9 +72,13 @@ def test_check_request_refuses(changes, message):
         request(**changes)
 
 
-def test_limits_and_allow_list_come_from_the_environment(monkeypatch):
+def test_limits_and_allow_list_come_from_the_environment_at_each_request(monkeypatch):
     monkeypatch.setenv("CONJURE_MAX_STEPS", "7")
-    assert h.Limits.from_env().max_steps == 7
+    assert h.app_limits().max_steps == 7
+    with pytest.raises(ConjureError, match="steps must be between 1 and 7, got 8"):
+        request(steps=8)
+    monkeypatch.setenv("CONJURE_MAX_STAGES", "1000")  # never looser than the library's limits
+    assert h.app_limits().max_stages == conjure.LIMITS.max_stages
     monkeypatch.setenv("CONJURE_EXTRA_MODELS", "org/model-a, org/model-b")
     assert {"emoji", "sd-v1-4", "sd-v1-5", "sd-2-1", "sdxl", "org/model-a", "org/model-b"} <= set(h.allowed_models())
     monkeypatch.delenv("CONJURE_MODEL", raising=False)
@@ -161,11 +171,8 @@ def test_run_streams_steps_in_order_then_the_result_then_gifs():
     for i, u in enumerate(step_updates, 1):
         assert u[OUT["image_a"]].shape == (32, 32, 3) and u[OUT["image_b"]].dtype == np.uint8
         assert u[OUT["difference"]].shape == (32, 32, 3)
-        plot = u[OUT["plot"]]
-        frame = plot.value if isinstance(plot, gr.LinePlot) else plot
-        frame = frame if not isinstance(frame, dict) else None
-        if frame is not None:
-            assert len(frame) == 2 * i and set(frame["curve"]) == set(h.PLOT_CURVES)
+        curves = plot_curves(u[OUT["plot"]])
+        assert len(curves) == 2 * i and set(curves) == set(h.PLOT_CURVES)
         for name in ("result", "details", "morph_gif", "trajectory_gif"):  # unchanged outputs are not re-sent
             assert is_skip(u[OUT[name]])
     first_plot = step_updates[0][OUT["plot"]]
@@ -181,6 +188,14 @@ def test_run_streams_steps_in_order_then_the_result_then_gifs():
     assert details["jeffreys"] == pytest.approx((details["kl_ab"] + details["kl_ba"]) / 2)
     assert -1 <= details["text_similarity"] <= 1 and "MiniLM" in details["text_encoder"]
     assert "Jeffreys divergence" in results[0][OUT["result"]] and "cosine similarity" in results[0][OUT["result"]]
+
+
+def plot_curves(plot) -> list[str]:
+    """The curve of each point the plot is sent: as a DataFrame, or inside a LinePlot update (Gradio's dict)."""
+    if isinstance(plot, gr.LinePlot):
+        value = plot.value
+        return [row[value["columns"].index("curve")] for row in value["data"]]
+    return list(plot["curve"])
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -255,7 +270,9 @@ def assert_plain_data(value, where="value"):
 
 def test_the_device_function_passes_only_plain_data():
     kinds = []
-    for item in h.conjure_on_device("emoji", "sun", "moon", {"steps": 2, "samples": 2, "seed": 1}, 2):
+    run = validation.check_run(h.MODELS.get("emoji"), Settings(steps=2, samples=2, seed=1))
+    assert_plain_data(run)  # what the handler hands it
+    for item in h.conjure_on_device("emoji", "sun", "moon", run, 2):
         assert_plain_data(item, item[0])
         kinds.append(item[0])
     assert kinds == ["step", "step", "baseline", "morph", "morph"]
@@ -339,12 +356,13 @@ def test_check_matrix_request_cleans_the_phrases():
     ("", {}, "at least two different phrases"),
     (None, {}, "at least two different phrases"),
     (["tiger", "zebra"], {}, "phrases must be text"),
-    ("\n".join(f"phrase {i}" for i in range(h.LIMITS.max_phrases + 1)), {}, f"the limit is {h.LIMITS.max_phrases}"),
-    ("tiger\n" + "x" * (h.LIMITS.max_prompt_chars + 1), {}, "line 2 is"),
+    ("\n".join(f"phrase {i}" for i in range(LIMITS.max_phrases + 1)), {}, f"the limit is {LIMITS.max_phrases}"),
+    ("tiger\n" + "x" * (LIMITS.max_prompt_chars + 1), {}, "line 2 is"),
+    ("tiger\n\x00", {}, r"phrase 2 is empty: it holds only control or invisible characters \(U\+0000\)"),
     ("a phrase\n" * 600_000, {}, "characters long; the limit is"),  # 5.4 MB
     ("tiger\nzebra\udc80", {}, "not valid text"),
     ("tiger\nzebra", {"model": "../../etc/passwd"}, "unknown model"),
-    ("tiger\nzebra", {"steps": h.LIMITS.max_steps + 1}, "steps must be between"),
+    ("tiger\nzebra", {"steps": LIMITS.max_steps + 1}, "steps must be between"),
     ("tiger\nzebra", {"samples": 0}, "samples"),
     ("tiger\nzebra", {"guidance": float("nan")}, "guidance"),
 ])
@@ -353,13 +371,16 @@ def test_check_matrix_request_refuses(phrases, changes, message):
         matrix_request(phrases, **changes)
 
 
-def test_the_phrase_limit_comes_from_the_environment(monkeypatch):
+def test_the_phrase_limit_comes_from_the_environment_and_never_passes_the_librarys(monkeypatch):
     monkeypatch.setenv("CONJURE_MAX_PHRASES", "3")
-    limits = h.Limits.from_env()
-    assert limits.max_phrases == 3 and h.Limits().max_phrases == 10
+    assert h.app_limits().max_phrases == 3
     with pytest.raises(ConjureError, match="4 different phrases; the limit is 3"):
-        h.check_matrix_request("a\nb\nc\nd", "emoji", 2, 1, 1.0, 0, 0, limits)
-    assert h.check_matrix_request("a\nb\nc\na", "emoji", 2, 1, 1.0, 0, 0, limits)["phrases"] == ["a", "b", "c"]
+        h.check_matrix_request("a\nb\nc\nd", "emoji", 2, 1, 1.0, 0, 0)
+    assert h.check_matrix_request("a\nb\nc\na", "emoji", 2, 1, 1.0, 0, 0)["phrases"] == ["a", "b", "c"]
+    monkeypatch.delenv("CONJURE_MAX_PHRASES")
+    assert h.app_limits().max_phrases == 10  # the app's documented default, tighter than the library's 100
+    monkeypatch.setenv("CONJURE_MAX_PHRASES", "500")
+    assert h.app_limits().max_phrases == conjure.LIMITS.max_phrases
 
 
 @pytest.mark.slow
@@ -411,12 +432,12 @@ def test_run_matrix_reports_nan_and_out_of_memory(monkeypatch, failure, message)
     with pytest.raises(gr.Error, match=message):
         list(run_matrix("sun\nmoon", steps=2))
     monkeypatch.undo()
-    assert run_matrix("sun\nmoon", steps=1)  # still serving
-    assert list(run_matrix("sun\nmoon", steps=1))[-1][MOUT["matrix_details"]]["phrases"] == ["sun", "moon"]
+    assert list(run_matrix("sun\nmoon", steps=1))[-1][MOUT["matrix_details"]]["phrases"] == ["sun", "moon"]  # serving
 
 
 def test_the_matrix_device_function_passes_only_plain_data():
-    items = list(h.matrix_on_device("emoji", ["sun", "moon", "star"], {"steps": 2, "samples": 2, "seed": 1}, 2))
+    run = validation.check_run(h.MODELS.get("emoji"), Settings(steps=2, samples=2, seed=1), pairs=3, batch_size=2)
+    items = list(h.matrix_on_device("emoji", ["sun", "moon", "star"], [], run))
     for item in items:
         assert_plain_data(item, item[0])
     assert [kind for kind, _ in items] == ["step"] * 5  # 3 pairs in batches of 2: 2 + 2 steps, then the result
@@ -451,7 +472,7 @@ def test_wrong_types_get_the_handlers_clear_message(caplog, changes, message):
 def test_a_run_over_the_memory_limit_is_refused_with_what_to_lower(monkeypatch):
     monkeypatch.setenv("CONJURE_MAX_MEMORY_GB", "0.001")
     with pytest.raises(gr.Error, match=r"this run would need about .* more than the 1 MB allowed "
-                                       r"\(CONJURE_MAX_MEMORY_GB\); choose a smaller image size or fewer samples"):
+                                       r"\(CONJURE_MAX_MEMORY_GB\); choose a smaller image size, fewer samples"):
         list(run(samples=8, size=64))
 
 
@@ -514,6 +535,21 @@ def test_raw_http_calls_get_the_clear_message(served, capfd, data, message):
 def test_raw_http_calls_to_the_matrix_get_the_clear_message(served):
     kind, payload = call_api(served, "matrix", ["leopard\ncheetah", "emoji", "ten", 1, 1, 0, 0])
     assert kind == "error" and payload["error"] == "steps must be a whole number, got 'ten'"
+
+
+@pytest.mark.slow
+def test_raw_http_calls_with_only_the_required_inputs_run_with_the_defaults(served, capfd):
+    kind, payload = call_api(served, "matrix", ["sun\nmoon"])
+    assert kind == "complete", payload
+    details = payload[MOUT["matrix_details"]]
+    assert details["phrases"] == ["sun", "moon"] and details["settings"]["steps"] == h.DEFAULTS["steps"]
+    assert details["settings"]["guidance"] == h.DEFAULTS["guidance"]
+    kind, payload = call_api(served, "conjure", ["sun"])  # prompt B left out: its box's value, empty
+    assert kind == "error" and payload["error"] == "prompt B is empty"
+    kind, payload = call_api(served, "conjure", ["sun", "moon"])
+    assert kind == "complete", payload
+    assert payload[OUT["details"]]["settings"]["steps"] == h.DEFAULTS["steps"]
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_the_server_takes_no_uploads_and_lists_only_the_two_runs(served):

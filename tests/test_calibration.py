@@ -71,3 +71,19 @@ def test_cli_calibrate_then_score_shows_the_percentile(tmp_path, capsys, monkeyp
     capsys.readouterr()
     assert main(["score", "a cat", "a dog", "--model", str(folder), "--steps", "3", "--calibration", str(out)]) == 2
     assert "holds no calibration" in capsys.readouterr().err  # made with --steps 2: never mixed
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_shipped_calibrations_cover_the_library_and_app_defaults(dtype):
+    # A calibration is found by the weights' digest and the settings; a mismatch (new weights, a changed default)
+    # would silently drop the percentile, so the embedded model's file must hold both defaults in both the
+    # dtypes it loads in (float32, and bfloat16 on CPUs that compute it natively).
+    from conjure.app_handlers import DEFAULTS
+
+    model = conjure.load_model("emoji", dtype=dtype)
+    app = conjure.Settings(**{k: v for k, v in DEFAULTS.items() if k != "stages"})
+    for settings in (conjure.Settings(), app):
+        found = calibration.find(model, settings)
+        assert found is not None, f"no shipped calibration for {dtype} weights {calibration.model_digest(model)} " \
+                                  f"at {settings}; run `python -m conjure calibrate --dtype {dtype}` with them"
+    assert conjure.score(model, "a cat", "a dog").percentile is not None  # what a user sees at the defaults

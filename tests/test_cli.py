@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import conjure
+from conjure import jeffreys
 from conjure.cli import main, read_pairs
 from gaussian_model import GaussianModel, random_means
 from tiny_pipelines import tiny_sd
@@ -189,7 +190,7 @@ def test_cuda_on_a_cpu_only_torch_gets_one_line(capsys):
 
 def test_a_batch_too_large_for_memory_is_refused_before_scoring(emoji_once, capsys, monkeypatch, pairs_file):
     monkeypatch.setenv("CONJURE_MAX_MEMORY_GB", "4")
-    monkeypatch.setattr(conjure, "score_pairs", lambda *a, **k: pytest.fail("scored"))
+    monkeypatch.setattr(jeffreys, "score_batch", lambda *a, **k: pytest.fail("scored"))
     pairs = pairs_file([(f"a cat {i}", f"a dog {i}") for i in range(2000)])
     assert main(["score", "--pairs", pairs, "--batch-size", "2000"]) == 2
     line = error_line(capsys)
@@ -209,7 +210,7 @@ def test_out_of_memory_during_a_run_says_what_to_lower(emoji_once, capsys, monke
 
 
 def test_an_unexpected_error_is_one_line_too(emoji_once, capsys, monkeypatch):
-    monkeypatch.setattr(conjure, "score", lambda *a, **k: (_ for _ in ()).throw(ValueError("boom\nmore")))
+    monkeypatch.setattr(jeffreys, "stream", lambda *a, **k: (_ for _ in ()).throw(ValueError("boom\nmore")))
     assert main(["score", "a", "b"]) == 1
     assert error_line(capsys) == "error: ValueError: boom (unexpected; CONJURE_DEBUG=1 shows the traceback)"
 
@@ -288,7 +289,7 @@ def test_pairs_stream_to_the_output_and_a_rerun_resumes(emoji_once, capsys, monk
     assert score_file(pairs, whole) == 0
     assert [(r["text_a"], r["text_b"]) for r in read_jsonl(whole)] == PAIRS
 
-    real, calls = conjure.score_pairs, []
+    real, calls = jeffreys.score_batch, []
 
     def killed_at_the_third_batch(*args, **kwargs):
         calls.append(args[1])
@@ -296,11 +297,11 @@ def test_pairs_stream_to_the_output_and_a_rerun_resumes(emoji_once, capsys, monk
             raise KeyboardInterrupt  # a kill: nothing after this point runs
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(conjure, "score_pairs", killed_at_the_third_batch)
+    monkeypatch.setattr(jeffreys, "score_batch", killed_at_the_third_batch)
     out = tmp_path / "resumed.jsonl"
     assert score_file(pairs, out) == 130
     assert len(read_jsonl(out)) == 4  # the two finished batches were on disk before the kill
-    monkeypatch.setattr(conjure, "score_pairs", real)
+    monkeypatch.setattr(jeffreys, "score_batch", real)
     capsys.readouterr()
     assert score_file(pairs, out) == 0
     assert "4 of 6 pairs already scored there, skipped; scoring the other 2" in capsys.readouterr().err
@@ -342,3 +343,52 @@ def test_calibrate_checks_its_output_before_scoring(capsys, monkeypatch, tmp_pat
     monkeypatch.setattr(conjure, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
     assert main(["calibrate", "-o", str(tmp_path / "missing" / "calibration.json")]) == 2
     assert f"no folder {tmp_path / 'missing'}" in error_line(capsys)
+
+
+# --- one set of limits, checked before any model work, on every surface (issue 25) -----------------------------
+
+@pytest.fixture
+def phrase_files(tmp_path):
+    (tmp_path / "many.txt").write_text("".join(f"phrase {i}\n" for i in range(1001)))
+    (tmp_path / "folder").mkdir()
+    return tmp_path
+
+
+@pytest.mark.parametrize("args, message", [
+    (["morph", "a", "b", "--gif", "{tmp}/m.gif", "--stages", "1000"], "1000 morph stages; the limit is 64"),
+    (["score", "a", "b", "--seed", "-1"], "seed must be a whole number from 0 to 2**64 - 1"),
+    (["matrix", "--file", "{tmp}/many.txt"], "1001 different phrases; the limit is 100 (--max-phrases)"),
+    (["rank", "query", "--file", "{tmp}/many.txt"], "1001 different candidates; the limit is 1000 (--max-phrases)"),
+    (["matrix", "a", "b", "--map", "/proc/x.png"], "cannot write /proc/x.png: "),
+    (["matrix", "a", "b", "--csv", "/proc/x.csv"], "cannot write /proc/x.csv: "),
+    (["score", "--pairs", "{tmp}/pairs.tsv", "-o", "/proc/x.jsonl"], "cannot write /proc/x.jsonl: "),
+    (["morph", "a", "b", "--gif", "/proc/x.gif"], "cannot write /proc/x.gif: "),
+    (["matrix", "a", "--file", "{tmp}/folder"], "phrases file {tmp}/folder is a folder; give a file"),
+    (["score", "--pairs", "{tmp}/folder"], "pairs file {tmp}/folder is a folder; give a file"),
+    (["matrix", "a", "b", "--max-phrases", "0"], "--max-phrases must be a positive integer"),
+])
+def test_limits_and_outputs_are_refused_in_one_line_before_any_model_work(args, message, capsys, monkeypatch,
+                                                                         phrase_files):
+    (phrase_files / "pairs.tsv").write_text("a\tb\n")
+    monkeypatch.setattr(conjure, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    assert main([a.format(tmp=phrase_files) for a in args]) == 2
+    assert message.format(tmp=phrase_files) in error_line(capsys)
+    assert not (phrase_files / "m.gif").exists()
+
+
+def test_the_library_refuses_what_the_cli_refuses():
+    model = GaussianModel(random_means(["a", "b"]))
+    with pytest.raises(conjure.ConjureError, match=r"200 different phrases; the limit is 100 \(every pair is scored"):
+        conjure.similarity_matrix(model, [f"phrase {i}" for i in range(200)], steps=2)  # was 19,900 pairs
+    assert conjure.similarity_matrix(model, ["a", "b", "c"], steps=2,
+                                     limits=conjure.Limits(max_phrases=3)).jeffreys.shape == (3, 3)
+    with pytest.raises(conjure.ConjureError, match="1001 different candidates; the limit is 1000"):
+        conjure.rank(model, "a", [f"c {i}" for i in range(1001)], steps=2)
+    with pytest.raises(conjure.ConjureError, match="the query must be a string, got int"):  # was "the query is empty"
+        conjure.rank(model, 5, ["a", "b"])
+    with pytest.raises(conjure.ConjureError, match="the query is empty"):
+        conjure.rank(model, " ", ["a", "b"])
+    with pytest.raises(conjure.ConjureError, match=r"phrase 2 is empty: it holds only control or invisible"):
+        conjure.similarity_matrix(model, ["a", "\x00"], steps=2)  # was "prompt A is empty" in the app
+    with pytest.raises(conjure.ConjureError, match="seed must be a whole number from 0"):
+        conjure.score(model, "a", "b", seed=-1)

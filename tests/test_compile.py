@@ -6,7 +6,7 @@ import pytest
 
 import conjure
 from conjure.errors import ConjureError
-from conjure.models import compiled_batch_size
+from conjure.models.compiled import CompiledModel, compiled_batch_size
 from gaussian_model import GaussianModel, random_means
 from test_models import CountingUNet
 from tiny_pipelines import tiny_sd
@@ -29,11 +29,11 @@ def test_a_compiled_model_runs_padded_batches_and_scores_as_unpadded(sd1):
     pairs = [("a", "b"), ("a", "c"), ("d", "e")]  # "a" twice: 5 prompts, 11 evaluations per step
     eager = conjure.score_pairs(sd1, pairs, batch_size=3, steps=3)
     counting = CountingUNet(sd1.unet)
-    sd1.unet, sd1.compiled = counting, True  # what compile_denoiser marks; the padding is the estimator's
+    sd1.unet = counting  # uncompiled, so that the wrapper's padding is what is seen
     try:
-        padded = conjure.score_pairs(sd1, pairs, batch_size=3, steps=3)
+        padded = conjure.score_pairs(CompiledModel(sd1), pairs, batch_size=3, steps=3)
     finally:
-        sd1.unet, sd1.compiled = counting.inner, False
+        sd1.unet = counting.inner
     assert counting.batches == [5, 12, 12]  # 11 rows padded to 12 (a compiled shape); 5 is one already
     for a, b in zip(padded, eager):
         assert a.jeffreys == pytest.approx(b.jeffreys, rel=1e-5)
@@ -44,7 +44,8 @@ def test_a_compiled_model_runs_padded_batches_and_scores_as_unpadded(sd1):
 def test_compile_compiles_the_unet_in_place_and_scores_as_eager(sd1):
     compiled = conjure.load_model(tiny_sd(1), compile=True)
     weights = dict(compiled.unet.named_parameters())
-    assert compiled.compiled and "conv_in.weight" in weights  # the same module: its weights keep their names
+    assert isinstance(compiled, CompiledModel) and compiled.compiled
+    assert "conv_in.weight" in weights  # the same module: its weights keep their names
     r = conjure.score(compiled, "snow leopard", "bengal tiger", steps=2)
     reference = conjure.score(sd1, "snow leopard", "bengal tiger", steps=2)
     assert r.compiled and r.jeffreys == pytest.approx(reference.jeffreys, rel=1e-3)
@@ -71,11 +72,7 @@ def test_compiled_results_are_not_resumed_as_eager_ones_nor_cached_as_them(sd1):
     assert result_key(eager) != result_key({**eager, "compiled": True})
     before = model_identity(sd1)
     assert "compiled" not in before  # earlier caches keep their key
-    sd1.compiled = True
-    try:
-        assert model_identity(sd1) == {**before, "compiled": True}
-    finally:
-        sd1.compiled = False
+    assert model_identity(CompiledModel(sd1)) == {**before, "compiled": True}  # the same weights, compiled
 
 
 def test_the_cli_says_a_result_was_compiled():

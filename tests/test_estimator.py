@@ -182,7 +182,8 @@ def test_stderr_and_per_step_report(gaussian, tiny_sd1):
     assert conjure.score(gaussian, "cat", "dog").stderr is None  # k = 1: no standard error
 
 
-# Relative error against the continuous closed form, measured by bench/closed_form.py (README table):
+# Relative error against the continuous closed form, measured by bench/closed_form.py
+# (docs/method.md#the-closed-form-check):
 # at T = 10, girsanov +22.3% (linear schedule) and +7.6% (cosine); exact +11,060% and +2,056%.
 @pytest.mark.parametrize("schedule, bound", [("linear", 0.23), ("squaredcos_cap_v2", 0.08)])
 def test_default_weighting_is_close_to_the_continuous_divergence_at_10_steps(schedule, bound):

@@ -269,5 +269,5 @@ def test_unknown_settings_and_a_bad_batch_size_are_refused(gaussian):
         conjure.similarity_matrix(gaussian, NAMES, stepz=3)
     with pytest.raises(ConjureError, match="batch_size"):
         conjure.similarity_matrix(gaussian, NAMES, batch_size=0)
-    with pytest.raises(ConjureError, match="prompt 2 is empty"):  # only invisible characters
+    with pytest.raises(ConjureError, match="phrase 2 is empty"):  # only invisible characters
         conjure.similarity_matrix(gaussian, ["tiger", "\u200b"], steps=2)

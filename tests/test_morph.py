@@ -6,7 +6,7 @@ import conjure
 from conjure.errors import ConjureError
 from conjure.jeffreys import Settings
 from conjure.models.base import Conditioning
-from conjure.morph import interpolate, morph, morph_steps
+from conjure.morph import check_morph, interpolate, morph, morph_steps
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,8 @@ def test_morph_batches_all_stages_into_one_model_call_per_step(model, monkeypatc
         return predict(x, t, cond)
 
     monkeypatch.setattr(model, "predict_noise", counting)
-    steps = list(morph_steps(model, "sun", "moon", stages=5, settings=Settings(steps=3, guidance=3.0)))
+    run = check_morph(model, "sun", "moon", 5, Settings(steps=3, guidance=3.0))
+    steps = list(morph_steps(model, "sun", "moon", 5, run))
     assert batches == [10, 10, 10]  # 5 stages, conditioned and unconditioned, once per step
     assert [s.step for s in steps] == [1, 2, 3]
     assert all(s.images is None for s in steps[:-1]) and steps[-1].images.shape[0] == 5
@@ -64,6 +65,8 @@ def test_morph_rejects_bad_input(model):
         morph(model, " ", "b", stages=2, steps=2)
     with pytest.raises(ConjureError, match="multiple of"):
         morph(model, "a", "b", stages=2, steps=2, size=30)
+    with pytest.raises(ConjureError, match="1000 morph stages; the limit is 64"):  # the library's limit
+        morph(model, "a", "b", stages=1000, steps=2)
 
 
 @pytest.mark.parametrize("build", ["sd2", "sdxl"])

@@ -43,7 +43,8 @@ def test_bad_settings_are_conjure_errors(gaussian, settings, message):
 def test_numpy_numbers_are_settings_too(gaussian):
     r = conjure.score(gaussian, "a", "b", steps=np.int64(3), seed=np.uint64(2**64 - 1), guidance=np.float32(1))
     assert r.settings["steps"] == 3 and type(r.settings["seed"]) is int and r.settings["seed"] == 2**64 - 1
-    assert conjure.score(gaussian, "a", "b", steps=3, seed=-1).jeffreys > 0  # torch takes negative seeds too
+    with pytest.raises(conjure.ConjureError, match=r"seed must be a whole number from 0 to 2\*\*64 - 1"):
+        conjure.score(gaussian, "a", "b", steps=3, seed=-1)  # torch's -1 is 2**64 - 1: one range, every surface
 
 
 # --- prompts and pairs ------------------------------------------------------------------------------------

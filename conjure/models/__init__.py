@@ -180,15 +180,16 @@ def compiler_missing(device: torch.device) -> str | None:
 
 
 def compile_denoiser(model):
-    """Compile the model's UNet in place with torch.compile (inductor, static shapes).
+    """Compile the model's UNet in place with torch.compile (inductor, static shapes); the model, wrapped so that
+    its batches fall on a few compiled shapes (`conjure.models.compiled.CompiledModel`).
 
-    On this project's 2-core CPU it makes a UNet call about 15% faster in bfloat16 (bench/bench_unet.py), but
-    each batch shape compiles once per process: 20-35 s, several seconds once inductor's on-disk cache
-    ($TORCHINDUCTOR_CACHE_DIR, by default /tmp/torchinductor_$USER) holds it. The estimator pads a compiled
-    model's batches to a few sizes (`compiled_batch_size`) so that a long run compiles a handful of shapes, not
-    one per batch. Compiled scores differ from eager ones in the last digits, as another dtype's do;
+    Each batch shape compiles once per process (seconds to tens of seconds; inductor's on-disk cache,
+    $TORCHINDUCTOR_CACHE_DIR, keeps them across processes), so it pays off on long runs; docs/performance.md has
+    the measured figures. Compiled scores differ from eager ones in the last digits, as another dtype's do;
     `model.compiled` says so, and results carry it.
     """
+    from conjure.models.compiled import CompiledModel
+
     unet = getattr(model, "unet", None)
     if not isinstance(unet, torch.nn.Module):
         raise ConjureError(f"{getattr(model, 'name', type(model).__name__)}: no `unet` module to compile")
@@ -200,16 +201,7 @@ def compile_denoiser(model):
     warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`",
                             category=UserWarning)
     unet.compile(dynamic=False)  # in place: the module, its config and its weights' names stay as they were
-    model.compiled = True
-    return model
-
-
-def compiled_batch_size(rows: int) -> int:
-    """The batch a compiled model runs `rows` rows in: rows rounded up to a multiple of a quarter of the largest
-    power of two not above it (1-8 stay; 9-16 go in steps of 2, 17-32 in steps of 4, ...). A run's batches,
-    which vary with repeated prompts and the last batch, then fall on a few shapes, each padded by under 25%."""
-    step = max(1, (1 << (rows.bit_length() - 1)) // 4)
-    return -(-rows // step) * step
+    return CompiledModel(model)
 
 
 # Pipelines loaded in bfloat16, not float16, by default on a GPU: diffusers' recipes run Flux and SD3.5 in bfloat16

@@ -22,7 +22,9 @@ import torch
 
 import conjure
 from conjure import validation
-from conjure.jeffreys import Settings, check_settings, reweight, score_batch
+from conjure.jeffreys import reweight, score_batch
+from conjure.models.weights import weight_modules, weights_digest  # noqa: F401 (weight_modules: tests read it here)
+from conjure.settings import Settings
 from conjure.sts.store import PairScore, identity_key
 
 METHODS = ("conjure", "text-encoder", "minilm")
@@ -42,39 +44,6 @@ def parse_method_names(text: str, baselines: bool = False) -> list[str]:
 
 
 # --- what a score depends on ---------------------------------------------------------------
-
-
-def weight_modules(model) -> dict[str, torch.nn.Module]:
-    """The torch modules a model adapter holds: the denoiser and the text encoder(s), by attribute name."""
-    found: dict[str, torch.nn.Module] = {}
-
-    def add(name, value):
-        if isinstance(value, torch.nn.Module) and all(value is not m for m in found.values()):
-            found[name] = value
-
-    for name, value in vars(model).items():
-        add(name, value)
-        add(f"{name}.model", getattr(value, "model", None))  # wrappers such as conjure.minilm.MiniLM
-    for name, value in (getattr(getattr(model, "pipe", None), "components", None) or {}).items():
-        add(f"pipe.{name}", value)
-    return found
-
-
-def weights_digest(modules: dict[str, torch.nn.Module]) -> str | None:
-    """A hash of every parameter and buffer as loaded (names, dtypes, shapes, bytes); None without modules.
-
-    Hashing what is loaded, not the files, covers every way of loading a model and the
-    dtype it runs in (fp16 and fp32 give slightly different divergences).
-    """
-    if not modules:
-        return None
-    h = hashlib.blake2b(digest_size=16)
-    for name in sorted(modules):
-        for key, tensor in modules[name].state_dict().items():
-            flat = tensor.detach().reshape(-1).contiguous()
-            h.update(f"{name}.{key} {flat.dtype} {tuple(tensor.shape)}\n".encode())
-            h.update(flat.view(torch.uint8).cpu().numpy())
-    return h.hexdigest()
 
 
 def text_max_tokens(model) -> int | None:
@@ -131,11 +100,12 @@ class ConjureMethod:
     CACHE_FORMAT = 2  # 2: rows carry per-step gaps (rows of format 1 had totals only, under another key)
 
     def __init__(self, model, settings: Settings, batch_size: int | None = None):
-        batch_size = validation.check_batch_size(batch_size, "--batch-size")
         self.model = model
         # the image size resolved, so the default size and the same size given explicitly share a cache key
-        self.settings = replace(settings, size=check_settings(model, settings))
-        self.batch_size = batch_size or validation.auto_batch_size(model, self.settings, pairs=2**31)
+        run = validation.check_run(model, settings, pairs=2**31, batch_size=batch_size, option="--batch-size")
+        self.settings = replace(settings, size=run.size)
+        self.run = replace(run, settings=self.settings)
+        self.batch_size = run.batch_size
         cached_settings = {k: v for k, v in asdict(self.settings).items() if k != "weighting"}
         self.identity = {"method": self.name, "score": "-jeffreys", "model": model_identity(model),
                          "settings": cached_settings, "cache_format": self.CACHE_FORMAT,
@@ -144,7 +114,7 @@ class ConjureMethod:
         self.description = f"−D_J of {model.name}"
 
     def score(self, pairs: list[tuple[str, str]]) -> list[PairScore]:
-        results = score_batch(self.model, pairs, self.settings)
+        results = score_batch(self.model, validation.check_pairs(pairs, self.model), self.run)
         keep = ("timestep", "abar", "gap_a", "gap_b")
         return [
             PairScore(-r.jeffreys, (bool(r.truncated[0]), bool(r.truncated[1])),
