@@ -236,10 +236,10 @@ def test_cli_rank(tiny_folder, capsys):
 @pytest.mark.parametrize("args, message", [
     (["matrix", "tiger"], "at least two different phrases"),
     (["matrix", "tiger", "tiger", " "], "at least two different phrases"),
-    (["matrix", "a", "b", "c", "--max-phrases", "2"], "3 different phrases; the limit is --max-phrases 2"),
+    (["matrix", "a", "b", "c", "--max-phrases", "2"], "3 different phrases; the limit is 2 (--max-phrases)"),
     (["matrix", "a", "b", "--png", "heat.jpg"], "ending in .png"),
     (["matrix", "a", "b", "--file", "no-such-file.txt"], "phrases file not found"),
-    (["rank", "tiger"], "at least one candidate"),
+    (["rank", "tiger"], "no candidates to rank"),
     (["rank", " ", "tiger"], "the query is empty"),
 ])
 def test_cli_bad_input_gets_a_clear_message_before_any_model_work(args, message, capsys, monkeypatch):

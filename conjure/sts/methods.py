@@ -23,6 +23,7 @@ import torch
 import conjure
 from conjure import validation
 from conjure.jeffreys import reweight, score_batch
+from conjure.models.compiled import unwrapped
 from conjure.models.weights import weight_modules, weights_digest  # noqa: F401 (weight_modules: tests read it here)
 from conjure.settings import Settings
 from conjure.sts.store import PairScore, identity_key
@@ -61,7 +62,7 @@ def model_identity(model) -> dict:
               file=sys.stderr)
     return {
         "name": model.name,
-        "adapter": f"{type(model).__module__}.{type(model).__qualname__}",
+        "adapter": f"{type(unwrapped(model)).__module__}.{type(unwrapped(model)).__qualname__}",  # compiled or not
         "weights": weights,
         "dtype": str(getattr(model, "dtype", "")),
         "scheduler": dict(getattr(model, "scheduler_config", {}) or {}),
