@@ -260,7 +260,7 @@ class VideoError(ConjureError):
 
 # Encoder and settings per container. H.264 High in yuv420p plays everywhere (browsers, phones,
 # chat apps, slides); +faststart puts the index first so a browser starts playing at once.
-# VP9 at constant quality (-b:v 0) is a third smaller again, and two to three times slower to encode.
+# VP9 at constant quality (-b:v 0) is smaller again and slower to encode (docs/performance.md#animations).
 VIDEO_CODECS = {
     ".mp4": ("libx264", ["-crf", "20", "-preset", "medium", "-profile:v", "high", "-movflags", "+faststart"]),
     ".webm": ("libvpx-vp9", ["-crf", "32", "-b:v", "0", "-deadline", "good", "-cpu-used", "4", "-row-mt", "1"]),

@@ -520,9 +520,8 @@ def run_conjure(text_a: str, text_b: str, model: str | None = None, steps: int =
 def write_videos(animations: dict, name: Path) -> tuple[dict[str, str], str | None]:
     """The MP4 files of the animations (output name -> path), and why any are missing (or None).
 
-    A missing or broken ffmpeg costs the videos, never the run: the GIFs are served regardless.
-    (WebM is left to the library and the CLI: a quarter to a third smaller, but two to three times slower to
-    encode, several seconds a run on a small CPU; see bench/bench_video.py.)
+    A missing or broken ffmpeg costs the videos, never the run: the GIFs are served regardless. WebM is left to
+    the library and the CLI: smaller, but slower to encode (docs/performance.md#animations).
     """
     videos = {}
     reason = animation.video_unavailable()

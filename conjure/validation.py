@@ -277,10 +277,9 @@ def check_input_file(path, what: str) -> Path:
 
 # --- memory ----------------------------------------------------------------------------------------
 
-# Elements of activation per element of a UNet level's feature map (channels x pixels), measured on the
-# embedded UNet and an SD-1.5-shaped UNet in float32 on a CPU (torch 2.13, SDPA attention) and rounded up:
-# the skip connections kept for the up path (layers + 1 per level), plus the peak of one block, a resnet or,
-# where the level attends, a transformer block (GEGLU's 8x channels, q, k, v, and the norms).
+# Elements of activation per element of a UNet level's feature map (channels x pixels), measured and rounded up
+# (docs/performance.md#the-memory-estimate): the skip connections kept for the up path (layers + 1 per level), plus
+# the peak of one block, a resnet or, where the level attends, a transformer block (GEGLU's 8x channels, q, k, v).
 RESNET_PEAK, ATTENTION_PEAK = 8, 44
 STATE_COPIES = 40  # float32 copies of each pair's 2k states the estimator holds in one step (x, eps, gaps, ...)
 
@@ -391,9 +390,8 @@ def available_ram() -> int | None:
 
 
 # State elements (C x H x W, summed over a call's rows) per batched model call when no batch size is given: enough
-# work per call that batching has paid off. On this project's 2-core CPU the embedded model's pairs/s is flat from
-# 4 to 16 pairs per call and lower at 32 (bench/bench_estimator.py); 2**17 is 10 of its pairs. A GPU runs far more
-# rows at the cost of one, where the memory limit below decides (bench/gpu_check.py measures it; not yet run on one).
+# work per call that batching has paid off (where, measured: docs/performance.md#batch-size). A GPU runs far more
+# rows at the cost of one, where the memory limit below decides.
 WORK_PER_CALL = {"cpu": 2**17, "mps": 2**20, "cuda": 2**23}
 
 
