@@ -377,7 +377,7 @@ def test_limits_and_outputs_are_refused_in_one_line_before_any_model_work(args, 
 
 
 def test_the_library_refuses_what_the_cli_refuses():
-    model = GaussianModel(random_means(["a", "b"]))
+    model = GaussianModel(random_means(["a", "b", "c"]))
     with pytest.raises(conjure.ConjureError, match=r"200 different phrases; the limit is 100 \(every pair is scored"):
         conjure.similarity_matrix(model, [f"phrase {i}" for i in range(200)], steps=2)  # was 19,900 pairs
     assert conjure.similarity_matrix(model, ["a", "b", "c"], steps=2,
