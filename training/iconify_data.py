@@ -1,7 +1,8 @@
 """The embedded model's wider training set: the emoji base plus Iconify's emoji styles and named icon sets.
 
     python -m training.emoji_data --out runs/emoji-data                       # the three-style base, once
-    python -m training.iconify_data --base runs/emoji-data --out runs/picture-data --grid runs/sets.png
+    python -m training.iconify_data --base runs/emoji-data --out runs/picture-data --grid runs/sets.png \
+        --men ../shared/data/men/MEN_dataset_lemma_form.dev --men ../shared/data/men/MEN_dataset_lemma_form.test
 
 The base (`training.emoji_data`) draws every Unicode emoji in three styles. A concept's "distribution of
 images", which is what conjure compares, is then three near-identical glyphs, and most everyday words have
@@ -324,13 +325,15 @@ def vocabulary(concepts: list[dict]) -> set[str]:
     return {w for c in concepts for caption in c["captions"] for w in re.findall(r"[a-z]+", caption.lower())}
 
 
-def men_coverage(concepts: list[dict], men_file: Path) -> tuple[int, int]:
-    """(MEN words that appear in some caption, MEN words), suffixes -n/-v/-j stripped."""
+def men_coverage(concepts: list[dict], men_files: list[Path]) -> tuple[int, int, int]:
+    """(MEN words in some caption, MEN words that are a concept's whole name, MEN words); suffixes stripped."""
     words = set()
-    for line in men_file.read_text().splitlines()[1:]:
-        a, b, _ = line.split()
-        words |= {re.sub(r"-[nvj]$", "", a), re.sub(r"-[nvj]$", "", b)}
-    return len(words & vocabulary(concepts)), len(words)
+    for men_file in men_files:
+        for line in men_file.read_text().splitlines()[1:]:
+            a, b, _ = line.split()
+            words |= {re.sub(r"-[nvj]$", "", a), re.sub(r"-[nvj]$", "", b)}
+    names = {name for c in concepts for name in c["names"]}
+    return len(words & vocabulary(concepts)), len(words & names), len(words)
 
 
 def write_set_grid(folder: Path, out: Path, per_style: int = 12, scale: int = 2):
@@ -354,7 +357,8 @@ def main(argv=None):
     p.add_argument("--npm-cache", default="runs/npm", help="folder for the npm tarballs")
     p.add_argument("--sets", default=None, help="comma-separated Iconify sets (default: all of ICONIFY_SETS)")
     p.add_argument("--grid", default=None, help="also write a PNG with a row of pictures per style")
-    p.add_argument("--men", default=None, help="MEN lemma file: report the share of its words in the captions")
+    p.add_argument("--men", action="append", default=[],
+                   help="a MEN lemma file (repeatable): report the share of its words in the captions")
     args = p.parse_args(argv)
     base = Path(args.base)
     manifest = build(base, Path(args.out), Path(args.npm_cache), json.loads((base / "manifest.json").read_text())["size"],
@@ -362,8 +366,9 @@ def main(argv=None):
     print(json.dumps({k: manifest[k] for k in ("images", "concepts", "captions", "images_per_style")}, indent=1))
     if args.men:
         for label, folder in (("base", base), ("widened", Path(args.out))):
-            hit, total = men_coverage(emoji_data.load(folder)[3], Path(args.men))
-            print(f"MEN words in the captions, {label}: {hit}/{total} ({100 * hit / total:.1f}%)")
+            in_captions, named, total = men_coverage(emoji_data.load(folder)[3], [Path(m) for m in args.men])
+            print(f"MEN words, {label}: {in_captions}/{total} ({100 * in_captions / total:.1f}%) in a caption, "
+                  f"{named}/{total} ({100 * named / total:.1f}%) a concept's whole name")
     if args.grid:
         write_set_grid(Path(args.out), Path(args.grid))
 
