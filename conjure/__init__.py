@@ -9,6 +9,7 @@
     results = conjure.score_pairs(model, [("a", "b"), ...])            # batch size chosen from model and device
     m = conjure.similarity_matrix(model, ["leopard", "cheetah", "zebra"])    # N x N, images, map
     conjure.rank(model, "leopard", ["cheetah", "zebra"])                    # most alike first
+    e = conjure.explain(model, "a black horse", "a white horse")            # each word's share, and where
     model = conjure.load_model(compile=True)           # torch.compile'd UNet: for long runs (docs/performance.md)
 
 The divergence is the Jeffreys divergence between the reverse diffusion processes
@@ -20,6 +21,7 @@ samples, guidance, seed, size, eta, weighting (see `conjure.Settings`); the limi
     jeffreys.py      the estimator, top to bottom          sampler.py    the one sampler (schedule, noise)
     models/          the DiffusionModel protocol, adapters, loading and the alias table
     matrix.py        many phrases at once                  morph.py      the concept morph
+    attribution.py   why two prompts differ: each word's contribution (conjure.explain)
     calibration.py   percentiles                           animation.py, figures.py   GIFs, videos, plots
     settings.py      Settings and Limits                   validation.py   the checks every entry point runs once
     text.py          emoji read as words
@@ -40,6 +42,7 @@ from conjure import validation
 from conjure.calibration import add_percentiles
 from conjure.jeffreys import JeffreysResult, StepEvent, jeffreys_steps, score_batches
 from conjure.jeffreys import stream as _stream
+from conjure.attribution import Explanation, WordContribution
 from conjure.matrix import MatrixResult, rank, similarity_matrix
 from conjure.models import MODEL_ALIASES, default_model, load_model
 from conjure.settings import LIMITS, Limits, Settings
@@ -48,6 +51,7 @@ __all__ = [
     "load_model", "score", "score_pairs", "stream", "text_similarity", "sample",
     "Settings", "Limits", "JeffreysResult", "StepEvent", "ConjureError", "ModelLoadError", "PromptTruncatedWarning",
     "MODEL_ALIASES", "default_model", "similarity_matrix", "rank", "MatrixResult",
+    "explain", "Explanation", "WordContribution",
 ]
 __version__ = "0.1.0"
 
@@ -83,6 +87,20 @@ def score_pairs(model, pairs: Iterable[tuple[str, str]], *, batch_size: int | No
     results = score_batches(model, pairs, run, progress)
     add_percentiles(model, results, s)
     return results
+
+
+def explain(model, text_a: str, text_b: str, *, batch_size: int | None = None, images: bool = True,
+            **settings) -> Explanation:
+    """Why the two texts differ: for each word of each prompt, how much D_J(a, b) falls when that word is left
+    out of its prompt (removed from the text), and a map of where in the image it acts. See conjure.attribution.
+
+    A one-word prompt without its word is the empty prompt (the model's unconditional input). At most
+    `conjure.attribution.MAX_WORDS` (16) words per prompt; `images=False` skips decoding the final images.
+    """
+    from conjure import attribution
+
+    model, s = load_model(model), validation.make_settings(Settings, settings)
+    return attribution.explain(model, text_a, text_b, s, batch_size=batch_size, images=images)
 
 
 def text_similarity(model, text_a: str, text_b: str) -> float:

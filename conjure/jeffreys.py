@@ -204,11 +204,7 @@ def jeffreys_steps(model, pairs: Sequence[tuple[str, str]], run: Checked) -> Ite
 
     Trusts its input: the pairs and `run` were checked at the entry point (`conjure.score`, the CLI, the app).
     """
-    settings, size = run.settings, run.size
-    # Guidance: an unconditional branch, or for a guidance-distilled model (Flux-dev) an input of each row.
-    k, use_null = settings.samples, uses_null_prompt(model, settings.guidance)
-
-    # Text is encoded once per distinct prompt; the null prompt is the last row.
+    # Text is encoded once per distinct prompt.
     prompts = sorted({p for pair in pairs for p in pair})
     row_of = {p: i for i, p in enumerate(prompts)}
     cond = model.encode(prompts)
@@ -216,27 +212,48 @@ def jeffreys_steps(model, pairs: Sequence[tuple[str, str]], run: Checked) -> Ite
                  for a, b in pairs]
     rewritten = [[cond.rewritten[row_of[a]], cond.rewritten[row_of[b]]] if cond.rewritten else [None, None]
                  for a, b in pairs]
+    yield from conditioned_steps(model, cond, [(row_of[a], row_of[b]) for a, b in pairs], run, truncated, rewritten)
+
+
+@validation.reports_out_of_memory
+def conditioned_steps(model, cond: Conditioning, pairs: Sequence[tuple[int, int]], run: Checked,
+                      truncated: list[list[bool]] | None = None,
+                      rewritten: list[list[str | None]] | None = None) -> Iterator[BatchStep]:
+    """`jeffreys_steps` on conditioning rows instead of texts: pair p compares rows pairs[p] of `cond`.
+
+    For callers that build conditioning themselves (`conjure.explain` leaves words out, and compares a
+    one-word prompt against the model's unconditional input). Every row must belong to a pair (each row is a
+    trajectory). Trusts `run`, checked at the entry point.
+    """
+    settings, size = run.settings, run.size
+    # Guidance: an unconditional branch, or for a guidance-distilled model (Flux-dev) an input of each row.
+    k, use_null = settings.samples, uses_null_prompt(model, settings.guidance)
+    truncated = truncated or [[False, False] for _ in pairs]
+    rewritten = rewritten or [[None, None] for _ in pairs]
+    n_rows = len(cond)
     cond = with_guidance(model, cond, settings.guidance)
-    if use_null:
+    if use_null:  # the null prompt is the last row
         cond = Conditioning.cat([cond, model.encode_null()])
-    null = len(prompts)
+    null = n_rows
+    pairs = [(int(a), int(b)) for a, b in pairs]
 
     # One trajectory per distinct prompt, sampled under it: with common random numbers a prompt's trajectory
     # is the same in every pair it is part of, so the batch runs it once (trajectory u = prompt row u).
     # A pair (a, b) reads eps(x_u | v) for u, v in {a, b} (and v = null under guidance); each such
     # evaluation is made once per step however many pairs read it.
-    needed = sorted({(row_of[u], row_of[v]) for pair in pairs for u in pair for v in pair}
-                    | ({(u, null) for u in range(len(prompts))} if use_null else set()))
+    if {u for pair in pairs for u in pair} != set(range(n_rows)):
+        raise ValueError("every conditioning row must belong to a pair (each row is a trajectory)")
+    needed = sorted({(u, v) for pair in pairs for u in pair for v in pair}
+                    | ({(u, null) for u in range(n_rows)} if use_null else set()))
     column = {uv: j for j, uv in enumerate(needed)}
-    trajectories = torch.tensor([[row_of[a], row_of[b]] for a, b in pairs])  # (P, 2): pair p's A and B
+    trajectories = torch.tensor(pairs)  # (P, 2): pair p's A and B
     # eps[p, trajectory, slot] = evaluation reads[p, trajectory, slot]; slots: prompt a, prompt b, null
     # (without guidance the null slot repeats prompt a's and is never used).
-    reads = torch.tensor([[[column[(u, row_of[a])], column[(u, row_of[b])],
-                            column[(u, null if use_null else row_of[a])]] for u in (row_of[a], row_of[b])]
+    reads = torch.tensor([[[column[(u, a)], column[(u, b)], column[(u, null if use_null else a)]] for u in (a, b)]
                           for a, b in pairs])
     # Each trajectory follows its own prompt (guided by the null prompt's eps under guidance).
-    own = torch.tensor([column[(u, u)] for u in range(len(prompts))])
-    own_null = torch.tensor([column[(u, null)] for u in range(len(prompts))]) if use_null else None
+    own = torch.tensor([column[(u, u)] for u in range(n_rows)])
+    own_null = torch.tensor([column[(u, null)] for u in range(n_rows)]) if use_null else None
     # At step 0 every trajectory is still at the shared x_T, so one evaluation per distinct prompt serves all.
     first_rows = sorted({v for _, v in needed})
     first_column = {v: j for j, v in enumerate(first_rows)}
@@ -252,7 +269,7 @@ def jeffreys_steps(model, pairs: Sequence[tuple[str, str]], run: Checked) -> Ite
     steps = schedule(model, settings.steps, settings.eta, size)
     x_T, noises = common_noise(shape, k, len(steps), settings.seed)
     device = model.device
-    x = x_T.to(device).expand(len(prompts), *x_T.shape).clone()  # (trajectories, k, C, H, W)
+    x = x_T.to(device).expand(n_rows, *x_T.shape).clone()  # (trajectories, k, C, H, W)
     weights = step_weights([step.abar_t for step in steps], settings.eta, settings.weighting)
 
     for i, step in enumerate(steps):

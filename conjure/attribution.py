@@ -1,0 +1,289 @@
+"""Why do two prompts differ (`conjure.explain`)? Each word's share of their Jeffreys divergence, and where in the image it acts.
+
+    import conjure
+    e = conjure.explain(model, "a black horse", "a white horse")
+    e.jeffreys                        # D_J(a, b), nats
+    e.words_a, e.words_b              # WordContribution per word, in prompt order
+    e.top("a").word                   # the word of prompt A that pushes the prompts apart most
+    e.words_a[1].map                  # (H, W): where in the image that word acts; sums to its contribution
+
+A word w of prompt a contributes what the divergence loses when w is left out of a:
+
+    c(w) = D_J(a, b) - D_J(a without w, b)        (and likewise D_J(a, b) - D_J(a, b without v) for b)
+
+Positive: the word pushes the prompts apart; negative: it pulls them together; about 0: the images do not
+depend on it (as with Info-Decomp, Kong et al., ICLR 2024, which measures a word by the same epsilon gaps).
+
+**Leaving a word out** means removing it from the text: the prompt's words are split on whitespace
+(punctuation stays with its word, stop words count like any other), and the prompt without word i is the
+other words joined by single spaces, encoded afresh. The alternative, masking the word's token states in the
+text encoder's output, was measured and not kept: on the embedded model (MiniLM, a bidirectional encoder
+whose every token state and pooled embedding already mixed in the word) the differing word of the
+minimal pairs in `MINIMAL_PAIRS` ranked first less often when masked than when removed; see
+docs/explain.md and `bench/bench_explain.py`. Removal is also what "the prompt without that word" means to a
+reader, and is the same for every model (a causal CLIP encoder would leak the word into the later tokens'
+states when masked). A one-word prompt without its word is the empty prompt, i.e. the model's unconditional
+input (`model.encode_null()`, what classifier-free guidance uses).
+
+**Cost.** All variants run through the estimator's machinery at once (`conjure.jeffreys.conditioned_steps`):
+one trajectory per distinct prompt (a, b and each variant), all from the same noise (common random numbers, so
+a difference of two divergences is low-variance), one batched model call per step. With n_a and n_b words that
+is 4 + 3(n_a + n_b) evaluations per step against a pair's 4: about 5.5x a score for two three-word prompts.
+More leave-one-out pairs than `batch_size` (chosen from the model, the device and its memory when not given)
+run in chunks, each with the full pair again; the same noise makes each chunk's D_J(a, b) the same.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from conjure import validation
+from conjure.errors import ConjureError
+from conjure.jeffreys import Settings, check_prompt, check_settings, conditioned_steps, dtype_name
+from conjure.models.base import Conditioning
+
+MAX_WORDS = 16  # per prompt: each word is one more trajectory (and three more model evaluations per step)
+LEAVE_OUT = "removed from the text"  # how a word is left out (see the module docstring)
+
+# Minimal pairs: exactly one word differs (the last two fields), in things the embedded emoji model draws.
+# The differing word should carry the largest contribution in its prompt (tests/test_attribution.py, docs/explain.md).
+MINIMAL_PAIRS = [
+    ("a black horse", "a white horse", "black", "white"),
+    ("a boy with a kite", "a girl with a kite", "boy", "girl"),
+    ("a red apple", "a green apple", "red", "green"),
+    ("a cat in a box", "a dog in a box", "cat", "dog"),
+    ("a slice of pizza", "a slice of cake", "pizza", "cake"),
+    ("a yellow car", "a yellow bus", "car", "bus"),
+    ("the sun over the sea", "the moon over the sea", "sun", "moon"),
+    ("a smiling face", "a crying face", "smiling", "crying"),
+    ("a tiger in the grass", "a snake in the grass", "tiger", "snake"),
+    ("a cup of coffee", "a cup of tea", "coffee", "tea"),
+    ("a red heart", "a blue heart", "red", "blue"),
+    ("a man on a bicycle", "a woman on a bicycle", "man", "woman"),
+    ("a banana on a plate", "a carrot on a plate", "banana", "carrot"),
+    ("a small airplane", "a small rocket", "airplane", "rocket"),
+    ("a fish in the water", "a whale in the water", "fish", "whale"),
+    ("a lion face", "a monkey face", "lion", "monkey"),
+    ("a snowy mountain", "a snowy house", "mountain", "house"),
+    ("a glass of wine", "a glass of milk", "wine", "milk"),
+    ("rain over the city", "snow over the city", "rain", "snow"),
+    ("a purple flower", "a purple umbrella", "flower", "umbrella"),
+    ("a guitar and a drum", "a guitar and a trumpet", "drum", "trumpet"),
+    ("an old key", "an old clock", "key", "clock"),
+]
+
+
+# --- the words of a prompt ------------------------------------------------------------------------------
+
+
+def words_of(text: str) -> list[str]:
+    """The words of a prompt: split on whitespace, punctuation kept with its word ("a dog," -> ["a", "dog,"])."""
+    return text.split()
+
+
+def without_word(words: Sequence[str], i: int) -> str:
+    """The prompt with word i left out: the other words joined by single spaces ("" when it was the only one)."""
+    return " ".join(w for j, w in enumerate(words) if j != i)
+
+
+def check_words(text, which: str) -> list[str]:
+    """A prompt's words, or a ConjureError: not a string, empty, or more than MAX_WORDS words."""
+    words = words_of(check_prompt(text, which))
+    if len(words) > MAX_WORDS:
+        raise ConjureError(f"prompt {which} has {len(words)} words; explain takes at most {MAX_WORDS} per prompt "
+                           "(each word left out is one more trajectory to run): shorten it")
+    return words
+
+
+# --- results ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WordContribution:
+    word: str
+    contribution: float  # D_J(a, b) - D_J(with this word left out), nats; > 0: the word pushes the prompts apart
+    stderr: float | None  # standard error of the contribution over the k noise samples (None for k = 1)
+    without: str  # the prompt with the word left out; "" is the empty prompt (the model's unconditional input)
+    # (H, W) float64, the state's grid: per position, the contribution's share (summed over channels, the
+    # weighted per-pixel gap terms of D_J(a, b) minus those of the variant); sums to `contribution`.
+    map: np.ndarray | None = field(default=None, repr=False)
+    image: np.ndarray | None = field(default=None, repr=False)  # uint8 HWC: the final image under `without`
+
+    def to_dict(self) -> dict:
+        return {"word": self.word, "contribution": self.contribution, "stderr": self.stderr}
+
+
+@dataclass
+class Explanation:
+    text_a: str
+    text_b: str
+    jeffreys: float  # D_J(a, b), nats, mean over samples
+    stderr: float | None  # of jeffreys over the k samples (None for k = 1)
+    words_a: list[WordContribution]  # in prompt order
+    words_b: list[WordContribution]
+    settings: dict  # the estimator settings (conjure.Settings as a dict)
+    model: str
+    dtype: str
+    seconds: float  # wall time of the whole explanation
+    compiled: bool = False
+    leave_out: str = LEAVE_OUT
+    truncated: list[bool] = field(default_factory=lambda: [False, False])
+    images: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)  # final images under a and b
+
+    def top(self, which: str) -> WordContribution:
+        """The word of prompt "a" or "b" with the largest contribution (the first such, on a tie)."""
+        if which not in ("a", "b", "A", "B"):
+            raise ConjureError(f"which prompt: 'a' or 'b', got {which!r}")
+        words = self.words_a if which in ("a", "A") else self.words_b
+        return max(words, key=lambda w: w.contribution)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: texts, jeffreys, words_a and words_b ([{"word", "contribution", "stderr"}] in prompt
+        order), the settings and how it was computed; no maps or images."""
+        return {"text_a": self.text_a, "text_b": self.text_b, "jeffreys": self.jeffreys, "stderr": self.stderr,
+                "words_a": [w.to_dict() for w in self.words_a], "words_b": [w.to_dict() for w in self.words_b],
+                "settings": self.settings, "model": self.model, "dtype": self.dtype, "compiled": self.compiled,
+                "leave_out": self.leave_out, "truncated": self.truncated, "seconds": self.seconds}
+
+
+# --- the estimator over leave-one-out variants -------------------------------------------------------------
+
+
+@dataclass
+class LeaveOneOut:
+    """The raw numbers of one explanation: D_J per sample of the full pair and of every variant pair."""
+
+    full: torch.Tensor  # (k,) D_J(a, b) per noise sample
+    variants: torch.Tensor  # (V, k) D_J of each variant pair per sample (V = n_a + n_b, words of a first)
+    full_map: torch.Tensor  # (H, W) the full pair's D_J per position (mean over samples)
+    variant_maps: torch.Tensor  # (V, H, W)
+    images: np.ndarray | None  # (2 + V, H, W, 3) uint8: final images under a, b and each variant (sample 0)
+
+
+def pixel_terms(weight: float, eps_gap: torch.Tensor) -> torch.Tensor:
+    """w_i/2 * sum over channels of (eps_a - eps_b)^2 per position, summed over both trajectories, mean over
+    samples: (P, 2, k, C, H, W) -> (P, H, W). Summed over positions and steps it is each pair's D_J."""
+    return (weight / 2) * eps_gap.double().pow(2).sum(3).sum(1).mean(1).cpu()
+
+
+def run_pairs(model, cond: Conditioning, pairs: list[tuple[int, int]], settings: Settings, size: int,
+              decode: bool) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
+    """Run `pairs` (rows of `cond`) through the estimator in one batch: per-sample D_J (P, k), per-position D_J
+    (P, H, W), and the final images of each pair's two trajectories, sample 0 (P, 2, H, W, 3), if `decode`."""
+    rows = sorted({u for pair in pairs for u in pair})  # the estimator runs a trajectory for every row it gets
+    local = {u: i for i, u in enumerate(rows)}
+    kl = maps = x0 = None
+    try:
+        for step in conditioned_steps(model, cond.take(rows), [(local[a], local[b]) for a, b in pairs], settings,
+                                      size):
+            terms, here = step.kl_ab + step.kl_ba, pixel_terms(step.weight, step.eps_gap)
+            kl, maps = (terms, here) if kl is None else (kl + terms, maps + here)
+            x0 = step.x0
+        images = None
+        if decode:
+            images = model.decode(x0[:, :, 0].flatten(0, 1))
+            images = images.reshape(len(pairs), 2, *images.shape[1:])
+    except Exception as err:
+        if validation.is_out_of_memory(err):
+            raise validation.out_of_memory("lower samples (k), the image size or the batch size, or use fewer "
+                                           "words") from None
+        raise
+    return kl / 2, maps, images
+
+
+def leave_one_out(model, cond: Conditioning, full: tuple[int, int], rows_a: Sequence[int], rows_b: Sequence[int],
+                  settings: Settings, batch_size: int, size: int, decode: bool = True) -> LeaveOneOut:
+    """D_J of the full pair and of every variant pair, all from the same noise.
+
+    `full` = (row of a, row of b) in `cond`; `rows_a` are the rows of a's variants (each compared with b),
+    `rows_b` those of b's (each compared with a). At most `batch_size` pairs per model call: the variant
+    pairs run in chunks of batch_size - 1, each chunk with the full pair first.
+    """
+    ra, rb = full
+    variant_pairs = [(u, rb) for u in rows_a] + [(ra, v) for v in rows_b]
+    per_chunk = max(1, batch_size - 1)
+    j_full = map_full = images_full = None
+    j_variants, maps_variants, images_variants = [], [], []
+    for start in range(0, max(len(variant_pairs), 1), per_chunk):
+        chunk = variant_pairs[start : start + per_chunk]
+        j, maps, images = run_pairs(model, cond, [full] + chunk, settings, size, decode)
+        if j_full is None:  # every chunk's full pair is the same (same noise); the first one's is kept
+            j_full, map_full = j[0], maps[0]
+            images_full = None if images is None else images[0]
+        j_variants.append(j[1:])
+        maps_variants.append(maps[1:])
+        if images is not None:  # each variant's own trajectory: A for a's words, B for b's
+            own = torch.tensor([0 if n < len(rows_a) else 1 for n in range(start, start + len(chunk))], dtype=torch.long)
+            images_variants.append(images[1:][np.arange(len(chunk)), own.numpy()])
+    images = None
+    if images_full is not None:
+        images = np.concatenate([images_full, *images_variants])
+    return LeaveOneOut(j_full, torch.cat(j_variants), map_full, torch.cat(maps_variants), images)
+
+
+def contributions(words: Sequence[str], full: torch.Tensor, variants: torch.Tensor, full_map: torch.Tensor,
+                  variant_maps: torch.Tensor, images: np.ndarray | None) -> list[WordContribution]:
+    """One WordContribution per word: D_J(a, b) - D_J(variant), with its standard error and map."""
+    out = []
+    for i, word in enumerate(words):
+        c = full - variants[i]  # (k,) per noise sample: low-variance, both from the same noise
+        k = len(c)
+        out.append(WordContribution(
+            word=word, contribution=float(c.mean()),
+            stderr=float(c.std(unbiased=True) / math.sqrt(k)) if k > 1 else None,
+            without=without_word(words, i), map=(full_map - variant_maps[i]).numpy(),
+            image=None if images is None else images[i],
+        ))
+    return out
+
+
+def explain(model, text_a: str, text_b: str, settings: Settings = Settings(), batch_size: int | None = None,
+            images: bool = True) -> Explanation:
+    """Each word's contribution to D_J(a, b): how much the divergence falls when the word is left out of its
+    prompt (removed from the text; the only word of a prompt becomes the empty prompt). See the module docstring."""
+    start = time.perf_counter()
+    words_a, words_b = check_words(text_a, "A"), check_words(text_b, "B")
+    size = check_settings(model, settings)
+    validation.check_readable(model, [("A", text_a), ("B", text_b)])
+    batch_size = validation.check_batch_size(batch_size)
+    n_pairs = 1 + len(words_a) + len(words_b)
+    batch_size = batch_size or validation.auto_batch_size(model, settings, n_pairs, decoded_images=2 * n_pairs)
+    validation.check_memory(model, settings, min(batch_size, n_pairs), decoded_images=2 * min(batch_size, n_pairs),
+                            lower="lower samples (k), the image size or the batch size, or use fewer words")
+
+    # One conditioning row per distinct text (a, b and the variants, encoded in one call); "" (a one-word prompt
+    # without its word) is the model's unconditional input, its null row.
+    variants = [without_word(words_a, i) for i in range(len(words_a))] + \
+        [without_word(words_b, i) for i in range(len(words_b))]
+    distinct = list(dict.fromkeys(t for t in [text_a, text_b, *variants] if t))
+    row_of = {t: i for i, t in enumerate(distinct)}
+    cond = model.encode(distinct)
+    truncated = [bool(cond.truncated[row_of[t]]) if cond.truncated else False for t in (text_a, text_b)]
+    if "" in variants:
+        row_of[""] = len(distinct)
+        cond = Conditioning.cat([cond, model.encode_null()])
+    rows = [row_of[t] for t in variants]
+    run = leave_one_out(model, cond, (row_of[text_a], row_of[text_b]), rows[: len(words_a)], rows[len(words_a):],
+                        settings, batch_size, size, decode=images)
+
+    n_a = len(words_a)
+    variant_images = run.images[2:] if run.images is not None else None
+    full = run.full
+    k = len(full)
+    return Explanation(
+        text_a=text_a, text_b=text_b, jeffreys=float(full.mean()),
+        stderr=float(full.std(unbiased=True) / math.sqrt(k)) if k > 1 else None,
+        words_a=contributions(words_a, full, run.variants[:n_a], run.full_map, run.variant_maps[:n_a],
+                              None if variant_images is None else variant_images[:n_a]),
+        words_b=contributions(words_b, full, run.variants[n_a:], run.full_map, run.variant_maps[n_a:],
+                              None if variant_images is None else variant_images[n_a:]),
+        settings=asdict(settings), model=model.name, dtype=dtype_name(model),
+        seconds=time.perf_counter() - start, compiled=getattr(model, "compiled", False), truncated=truncated,
+        images=None if run.images is None else (run.images[0], run.images[1]),
+    )
