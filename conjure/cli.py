@@ -1,4 +1,4 @@
-"""Command line: `python -m conjure score A B`, `score --pairs FILE`, `matrix`, `rank`, and `sts` (the benchmark).
+"""Command line: `python -m conjure score A B`, `score --pairs FILE`, `matrix`, `rank`, `explain`, and `sts` (the benchmark).
 
 Output contract for scripts: `--json` prints one JSON object per pair with at least
 jeffreys, kl_ab, kl_ba, per_step, stderr, seconds.
@@ -395,6 +395,47 @@ def cmd_rank(args) -> int:
     return 0
 
 
+def format_explanation(e) -> str:
+    """Each prompt with its words' contributions, in prompt order, the largest marked."""
+    se = f" ± {e.stderr:.4g}" if e.stderr is not None else ""
+    s = e.settings
+    lines = [f"{e.text_a!r} vs {e.text_b!r}  ({e.model} in {computed_in(e.dtype, e.compiled)}, {s['steps']} steps, "
+             f"k={s['samples']}, guidance {s['guidance']:g}, {s['weighting']} weighting)",
+             f"  Jeffreys divergence  {e.jeffreys:.4f}{se} nats",
+             "  contribution of each word: D_J(A, B) - D_J with the word left out (removed from the text); "
+             "> 0 pushes the prompts apart"]
+    for which, text, words in (("A", e.text_a, e.words_a), ("B", e.text_b, e.words_b)):
+        top = e.top(which)
+        lines.append(f"  prompt {which}: {text!r}")
+        width = max(len(w.word) for w in words)
+        for w in words:
+            err = f" ± {w.stderr:.3g}" if w.stderr is not None else ""
+            mark = "  <- largest" if w is top else ""
+            alone = "  (vs the empty prompt)" if not w.without else ""
+            lines.append(f"    {w.word:<{width}}  {w.contribution:+10.4f}{err}{alone}{mark}")
+    lines.append(f"  time                 {e.seconds:.2f} s")
+    return "\n".join(lines)
+
+
+def cmd_explain(args) -> int:
+    import conjure
+    from conjure import attribution
+
+    settings = settings_from(args)
+    validation.check_settings(settings)
+    validation.check_device(args.device)
+    batch_size = validation.check_batch_size(args.batch_size, "--batch-size")
+    attribution.check_words(args.text_a, "A")  # before the model loads
+    attribution.check_words(args.text_b, "B")
+    model = model_from(args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", conjure.PromptTruncatedWarning)
+        warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
+        e = conjure.explain(model, args.text_a, args.text_b, batch_size=batch_size, images=False, **vars(settings))
+    print(json.dumps(e.to_dict()) if args.json else format_explanation(e))
+    return 0
+
+
 MORPH_FORMATS = {"gif": ".gif", "mp4": ".mp4", "webm": ".webm"}
 
 
@@ -541,6 +582,21 @@ def main(argv=None) -> int:
     add_model_options(p)
     add_estimator_options(p)
     p.set_defaults(func=cmd_rank)
+
+    p = sub.add_parser("explain", help="why two texts differ: each word's contribution to their divergence",
+                       description="For each word of each prompt, how much the Jeffreys divergence falls when that "
+                                   "word is left out of its prompt (removed from the text; a one-word prompt's word "
+                                   "is compared against the empty prompt). Words are split on whitespace; at most "
+                                   "16 per prompt.")
+    p.add_argument("text_a")
+    p.add_argument("text_b")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: jeffreys, words_a, words_b ([{word, contribution, stderr}] in prompt "
+                        "order) and the settings")
+    add_batch_size_option(p)
+    add_model_options(p)
+    add_estimator_options(p)
+    p.set_defaults(func=cmd_explain)
 
     sts.add_parser(sub)
 
