@@ -3,12 +3,13 @@
     python app.py    # serves on $GRADIO_SERVER_NAME:$GRADIO_SERVER_PORT (default 127.0.0.1:7860)
 
 The page is laid out here; the handlers, limits and model cache are in
-`conjure/app_handlers.py`. The Run event is the public API endpoint `/conjure`; the second tab's
-("Compare many") is `/matrix`:
+`conjure/app_handlers.py`. The Run event is the public API endpoint `/conjure`, the Why panel's
+button `/explain`; the second tab's ("Compare many") is `/matrix`:
 
     from gradio_client import Client
     job = Client("http://127.0.0.1:7860/").submit("snow leopard", "bengal tiger", api_name="/conjure")
     job = Client("http://127.0.0.1:7860/").submit("leopard\ncheetah\nzebra", api_name="/matrix")
+    job = Client("http://127.0.0.1:7860/").submit("a black horse", "a white horse", api_name="/explain")
 """
 
 try:  # ZeroGPU Spaces: `spaces` must be imported before torch
@@ -108,6 +109,43 @@ def build_matrix_tab(limits, defaults, models, default_model) -> None:
     model.change(h.on_model_change, model, size, api_visibility="private", queue=False, preprocess=False)
 
 
+WHY_INTRO = """
+### Why do they differ?
+Which words drive the two prompts apart, and where in the picture. Each word is removed from its prompt in
+turn and the divergence measured again, from the same noise: a word's contribution is how much the divergence
+falls without it. **Red** words push the prompts apart, **purple** ones pull them together.
+"""
+
+
+def build_why_panel(inputs) -> None:
+    """The "Why do they differ?" panel under a run: computed on demand, for the prompts and settings above (`/explain`)."""
+    with gr.Group(elem_id="why"):
+        gr.Markdown(WHY_INTRO)
+        explain = gr.Button("Explain: which words make the difference", elem_id="why-run")
+        status = gr.Markdown("After a run, press **Explain** (it takes a few times as long as the run).",
+                             elem_id="why-status")
+        with gr.Row():
+            words_a = gr.HighlightedText(label="Prompt 1: each word's contribution (each sign on its own scale)",
+                                         show_legend=False,
+                                         elem_id="why-a")
+            words_b = gr.HighlightedText(label="Prompt 2: each word's contribution (each sign on its own scale)",
+                                         show_legend=False,
+                                         elem_id="why-b")
+        maps = gr.Gallery(label="Where each word acts (red: it pushes the prompts apart there; purple: pulls "
+                                "them together; each map on its own scale)", columns=8, height="auto", object_fit="contain",
+                          elem_classes="pixelated", elem_id="why-maps")
+        without = gr.Gallery(label="The image drawn without each word (same noise)", columns=8, height="auto",
+                             object_fit="contain", elem_classes="pixelated", elem_id="why-without")
+        table = gr.Markdown(elem_id="why-table")
+        with gr.Accordion("Explanation as JSON", open=False):
+            details = gr.JSON(label="Explanation as JSON", elem_id="why-details")
+    outputs = dict(why_status=status, why_a=words_a, why_b=words_b, why_table=table, why_maps=maps,
+                   why_without=without, why_details=details)
+    explain.click(h.run_explain, inputs=inputs, outputs=[outputs[name] for name in h.EXPLAIN_OUTPUTS],
+                  api_name="explain", show_progress="minimal",
+                  preprocess=False)  # raw values: the handler checks them and says what is wrong
+
+
 def build_demo() -> gr.Blocks:
     limits, defaults, models = h.app_limits(), h.DEFAULTS, h.allowed_models()
     default_model = h.default_model()
@@ -139,7 +177,8 @@ def build_demo() -> gr.Blocks:
                 difference = gr.Image(label="Where the two prompts' predictions differ most", format="png", height=256,
                                       interactive=False, elem_classes="pixelated", elem_id="difference")
             plot = gr.LinePlot(x="step", y="nats", color="curve", color_map=h.PLOT_COLORS, color_title="",
-                               x_lim=[1, defaults["steps"]], y_lim=[0, 1],
+                               colors_in_legend=list(h.PLOT_CURVES), sort=h.plot_steps(limits.max_steps),
+                               y_aggregate="sum", y_lim=[0, 1],
                                label="Divergence added at each step (nats)", elem_id="plot")
             result = gr.Markdown(label="Result", elem_id="result")
             with gr.Row():
@@ -173,6 +212,7 @@ def build_demo() -> gr.Blocks:
             )
             stop.click(None, cancels=[running], api_visibility="private")
             model.change(h.on_model_change, model, size, api_visibility="private", queue=False, preprocess=False)
+            build_why_panel([prompt_a, prompt_b, model, steps, samples, guidance, seed, size])
         with gr.Tab("Compare many", elem_id="tab-many"):
             build_matrix_tab(limits, defaults, models, default_model)
     return demo.queue(default_concurrency_limit=h.env_int("CONJURE_CONCURRENCY", 1),

@@ -72,6 +72,34 @@ def difference_map(difference: np.ndarray, under: np.ndarray | None = None, opac
     return (opacity * heat + (1 - opacity) * grey).round().astype(np.uint8)
 
 
+# A word's contribution map (conjure.explain): red where it pushes the prompts apart, purple where it pulls them
+# together, the colours the app's highlighted words use.
+PUSHES_APART, PULLS_TOGETHER = (239, 68, 60), (128, 90, 213)
+
+
+def contribution_map(values: np.ndarray, under: np.ndarray | None = None, peak: float | None = None,
+                     opacity: float = 0.8) -> np.ndarray:
+    """Colour a signed per-position map: white at 0, red towards +peak, purple towards -peak.
+
+    `peak` (default: this map's largest magnitude) lets several maps share one scale. Laid over a grey copy of
+    `under` and resized to it, as `difference_map` does.
+    """
+    v = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    peak = float(np.abs(v).max()) if peak is None else float(peak)
+    t = np.clip(v / peak, -1, 1)[..., None] if peak > 0 else np.zeros((*v.shape, 1), np.float32)
+    paper = np.float32(255)
+    colour = np.where(t >= 0, paper + t * (np.array(PUSHES_APART, np.float32) - paper),
+                      paper - t * (np.array(PULLS_TOGETHER, np.float32) - paper))
+    colour = colour.round().astype(np.uint8)
+    if under is None:
+        return colour
+    h, w = under.shape[:2]
+    if colour.shape[:2] != (h, w):
+        colour = np.asarray(Image.fromarray(colour).resize((w, h), Image.BILINEAR))
+    grey = under.astype(np.float32).mean(axis=2, keepdims=True)
+    return (opacity * colour + (1 - opacity) * grey).round().astype(np.uint8)
+
+
 def fit_text(text: str, size: int, width: int) -> str:
     """`text`, shortened with an ellipsis to fit `width` pixels."""
     f = font(size)

@@ -331,22 +331,32 @@ updates = outputs_of(OUTPUTS)
 
 
 PLOT_CURVES = ("KL(A‖B) along A", "KL(B‖A) along B")
-PLOT_COLORS = dict(zip(PLOT_CURVES, (animation.COLOR_A, animation.COLOR_B)))
+PLOT_AXIS = " "  # a transparent series at 0 on every step: it holds the x axis at all the run's steps
+PLOT_COLORS = {**dict(zip(PLOT_CURVES, (animation.COLOR_A, animation.COLOR_B))), PLOT_AXIS: "transparent"}
 
 
-def plot_frame(per_step_ab: list[float], per_step_ba: list[float]):
+def plot_steps(max_steps: int) -> list[str]:
+    """The x axis's categories in order: "1", "2", ... (the plot's `sort`)."""
+    return [str(i) for i in range(1, max_steps + 1)]
+
+
+def plot_frame(per_step_ab: list[float], per_step_ba: list[float], steps: int | None = None):
     """The live plot's data: the divergence each step adds along each trajectory.
 
     The running total is in the status line, not on this axis: drawn here it would dwarf the
     per-step terms, and where the prompts part is the shape of the per-step curves.
+    The step is a category ("1", "2", ...), so the axis ticks whole steps only (a numeric axis ticks
+    1.5, 2.5, ... on a wide plot); the transparent `PLOT_AXIS` series puts every step 1..`steps` on the
+    axis from the first frame, so it does not stretch as the run goes.
     """
     import pandas as pd
 
-    steps = len(per_step_ab)
+    done = len(per_step_ab)
+    steps = max(steps or done, done)
     return pd.DataFrame({
-        "step": np.tile(np.arange(1, steps + 1), 2),
-        "nats": np.concatenate([per_step_ab, per_step_ba]),
-        "curve": np.repeat(PLOT_CURVES, steps),
+        "step": np.concatenate([np.tile(np.arange(1, done + 1), 2), np.arange(1, steps + 1)]).astype(str),
+        "nats": np.concatenate([per_step_ab, per_step_ba, np.zeros(steps)]),
+        "curve": np.concatenate([np.repeat(PLOT_CURVES, done), np.repeat([PLOT_AXIS], steps)]),
     })
 
 
@@ -460,10 +470,10 @@ def run_conjure(text_a: str, text_b: str, model: str | None = None, steps: int =
             images_a.append(event.image_a)
             images_b.append(event.image_b)
             differences.append(event.difference)
-            plot = plot_frame(ab, ba)
+            plot = plot_frame(ab, ba, steps)
             if event.step == 1 or plot["nats"].max() > y_limit:  # fixed axes; y only grows, in 1-2-5 steps
                 y_limit = animation.nice_ceiling(float(plot["nats"].max()))
-                plot = gr.LinePlot(value=plot, x_lim=[1, max(steps, 2)], y_lim=[0, y_limit])
+                plot = gr.LinePlot(value=plot, y_lim=[0, y_limit])
             yield updates(
                 image_a=event.image_a, image_b=event.image_b,
                 difference=animation.difference_map(event.difference, event.image_a), plot=plot,
@@ -508,7 +518,7 @@ def run_conjure(text_a: str, text_b: str, model: str | None = None, steps: int =
         yield updates(
             image_a=images_a[-1], image_b=images_b[-1],
             difference=animation.difference_map(differences[-1], images_a[-1]),
-            plot=gr.LinePlot(value=plot_frame(ab, ba), x_lim=[1, max(steps, 2)], y_lim=[0, y_limit]), **summary,
+            plot=gr.LinePlot(value=plot_frame(ab, ba, steps), y_lim=[0, y_limit]), **summary,
             status=status, morph_gif=gifs["morph"], trajectory_gif=gifs["trajectories"],
             morph_download=gr.DownloadButton(value=gifs["morph"], visible=True),
             trajectory_download=gr.DownloadButton(value=gifs["trajectories"], visible=True),
@@ -676,3 +686,128 @@ def run_matrix(phrases: str, model: str | None = None, steps: int = DEFAULTS["st
             matrix_details={**result.to_dict(), "text_encoder": encoder},
             **{name: gr.DownloadButton(value=str(path), visible=True) for name, path in files.items()},
         )
+
+
+# --- "Why do they differ?": each word's contribution (the `/explain` API) ------------------------------------
+
+# The Why panel's outputs, in order; new outputs go at the end.
+EXPLAIN_OUTPUTS = ("why_status", "why_a", "why_b", "why_table", "why_maps", "why_without", "why_details")
+WHY_TILE = 128  # side of each word's map and image in the panel, in pixels
+
+
+def explain_updates(**values) -> tuple:
+    """A value for every Why output; `gr.skip()` for those not named."""
+    unknown = set(values) - set(EXPLAIN_OUTPUTS)
+    if unknown:
+        raise KeyError(f"not a Why output: {sorted(unknown)}")
+    return tuple(values[name] if name in values else gr.skip() for name in EXPLAIN_OUTPUTS)
+
+
+@on_gpu(duration=120)
+def explain_on_device(model_name: str, text_a: str, text_b: str, settings: dict):
+    """All model work of an explanation: the Explanation (plain data: numbers, words, arrays)."""
+    import torch
+
+    try:
+        model = MODELS.loaded(model_name) or MODELS.get(model_name)
+        return conjure.explain(model, text_a, text_b, **settings)
+    except (torch.OutOfMemoryError, validation.OutOfMemory):
+        free_accelerator_memory()
+        raise ConjureError("out of memory: try a smaller image size, fewer samples (k) or fewer words") from None
+
+
+def highlighted(words, peaks: tuple[float, float]) -> list[tuple[str, float]]:
+    """A prompt for gr.HighlightedText: each word with its contribution scaled to [-1, 1] (red > 0, purple < 0).
+
+    `peaks` = (largest positive, largest negative magnitude) of both prompts: each sign has its own scale, since
+    shared content words ("horse" in "a black horse" / "a white horse") pull the prompts together far more than
+    the differing word pushes them apart, and one scale would leave the word asked about nearly white."""
+    def scaled(c):
+        peak = peaks[0] if c > 0 else peaks[1]
+        return c / peak if peak > 0 else 0.0
+
+    return [(w.word + (" " if i < len(words) - 1 else ""), scaled(w.contribution)) for i, w in enumerate(words)]
+
+
+def format_why(e) -> str:
+    """The contributions as a table: each prompt's words in order, the largest in bold."""
+    number = animation.format_number
+    rows = ["| prompt | word | contribution (nats) | the prompt without it |", "|---|---|---:|---|"]
+    for which, words in (("A", e.words_a), ("B", e.words_b)):
+        top = e.top(which)
+        for w in words:
+            word = f"**{cell(w.word)}**" if w is top else cell(w.word)
+            se = f" ± {number(w.stderr)}" if w.stderr is not None else ""
+            without = cell(w.without) if w.without else "*(the empty prompt)*"
+            rows.append(f"| {which} | {word} | {'+' if w.contribution > 0 else ''}{number(w.contribution)}{se} "
+                        f"| {without} |")
+    s = e.settings
+    return "\n".join(rows + [
+        "", "A word's contribution is how much the divergence falls when the word is removed from its prompt: "
+            "positive (red) pushes the prompts apart, negative (purple) pulls them together.",
+        f"{e.model} ({e.dtype}) · {s['steps']} steps · k = {s['samples']} · guidance {s['guidance']:g} · "
+        f"seed {s['seed']} · {e.seconds:.1f} s"])
+
+
+def why_galleries(e) -> tuple[list, list]:
+    """(each word's map, captioned), (the image drawn without each word, captioned): A's words, then B's.
+
+    Each map has its own colour scale (where this word acts); the caption gives its size."""
+    words = [("A", w, e.images[0] if e.images else None) for w in e.words_a] + \
+        [("B", w, e.images[1] if e.images else None) for w in e.words_b]
+    maps, without = [], []
+    for which, w, under in words:
+        caption = f"{which} · {w.word} ({'+' if w.contribution > 0 else ''}{animation.format_number(w.contribution)})"
+        if w.map is not None:
+            maps.append((animation.resize(animation.contribution_map(w.map, under), WHY_TILE), caption))
+        if w.image is not None:
+            without.append((animation.resize(w.image, WHY_TILE), f"{which} without “{w.word}”: {w.without or '(empty)'}"))
+    return maps, without
+
+
+def run_explain(text_a: str, text_b: str, model: str = DEFAULT_MODEL, steps: int = DEFAULTS["steps"],
+                samples: int = DEFAULTS["samples"], guidance: float = DEFAULTS["guidance"],
+                seed: int = DEFAULTS["seed"], size: int = DEFAULTS["size"]) -> Iterator[tuple]:
+    """The Why panel's button and the `/explain` API: each word's contribution to the divergence, and its map.
+
+    Inputs as for `/conjure` (without the morph stages). Outputs, in order: `EXPLAIN_OUTPUTS`: the status, both
+    prompts highlighted by contribution, the table, the per-word maps, the images without each word, the JSON.
+    """
+    import torch
+
+    try:
+        yield from _run_explain(text_a, text_b, model, steps, samples, guidance, seed, size)
+    except ConjureError as err:
+        raise refused(err) from None
+    except torch.OutOfMemoryError:
+        free_accelerator_memory()
+        raise gr.Error("out of memory loading the model; try again when fewer models are in use",
+                       print_exception=False) from None
+    except Exception as err:
+        log.exception("explain failed")
+        raise gr.Error(html.escape(f"the explanation failed: {type(err).__name__}: {err}", quote=False),
+                       print_exception=False) from None
+
+
+def _run_explain(text_a, text_b, model_name, steps, samples, guidance, seed, size) -> Iterator[tuple]:
+    from conjure.attribution import check_words
+
+    request = check_request(text_a, text_b, model_name, steps, samples, guidance, seed, size, DEFAULTS["stages"])
+    text_a, text_b = request["text_a"], request["text_b"]
+    words = len(check_words(text_a, "A")) + len(check_words(text_b, "B"))  # the word limit, before the model
+    yield explain_updates(why_status=f"Explaining: leaving out each of the {words} words in turn…", why_a=None,
+                          why_b=None, why_table="", why_maps=None, why_without=None, why_details=None)
+    model = MODELS.get(model_name)
+    check_size(model, request["size"])
+    settings = asdict(Settings(steps=request["steps"], samples=request["samples"], guidance=request["guidance"],
+                               seed=request["seed"], size=request["size"]))
+    e = explain_on_device(model_name, text_a, text_b, settings)
+    contributions = [w.contribution for w in e.words_a + e.words_b]
+    peaks = (max([c for c in contributions if c > 0], default=0.0), max([-c for c in contributions if c < 0], default=0.0))
+    maps, without = why_galleries(e)
+    top_a, top_b = e.top("a"), e.top("b")
+    yield explain_updates(
+        why_status=f"**Why they differ (Jeffreys divergence {animation.format_number(e.jeffreys)}):** most in A "
+                   f"“{html.escape(top_a.word)}”, most in B “{html.escape(top_b.word)}” · {e.seconds:.1f} s",
+        why_a=highlighted(e.words_a, peaks), why_b=highlighted(e.words_b, peaks), why_table=format_why(e),
+        why_maps=maps, why_without=without, why_details=e.to_dict())
