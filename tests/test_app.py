@@ -171,12 +171,15 @@ def test_run_streams_steps_in_order_then_the_result_then_gifs():
     for i, u in enumerate(step_updates, 1):
         assert u[OUT["image_a"]].shape == (32, 32, 3) and u[OUT["image_b"]].dtype == np.uint8
         assert u[OUT["difference"]].shape == (32, 32, 3)
-        curves = plot_curves(u[OUT["plot"]])
+        points = plot_points(u[OUT["plot"]])
+        curves = [curve for _, curve in points if curve != h.PLOT_AXIS]
         assert len(curves) == 2 * i and set(curves) == set(h.PLOT_CURVES)
+        # whole steps only on the x axis, and all of the run's steps from the first frame (fixed axes)
+        assert sorted({step for step, _ in points}, key=int) == ["1", "2", "3", "4"]
         for name in ("result", "details", "morph_gif", "trajectory_gif"):  # unchanged outputs are not re-sent
             assert is_skip(u[OUT[name]])
     first_plot = step_updates[0][OUT["plot"]]
-    assert isinstance(first_plot, gr.LinePlot) and first_plot.x_lim == [1, 4]  # fixed axes from the first step
+    assert isinstance(first_plot, gr.LinePlot) and first_plot.y_lim[0] == 0  # fixed axes from the first step
 
     # The score arrives before the morph is rendered; the final update repeats every output for API callers.
     results = [u for u in updates if isinstance(u[OUT["result"]], str) and u[OUT["result"]]]
@@ -190,12 +193,13 @@ def test_run_streams_steps_in_order_then_the_result_then_gifs():
     assert "Jeffreys divergence" in results[0][OUT["result"]] and "cosine similarity" in results[0][OUT["result"]]
 
 
-def plot_curves(plot) -> list[str]:
-    """The curve of each point the plot is sent: as a DataFrame, or inside a LinePlot update (Gradio's dict)."""
+def plot_points(plot) -> list[tuple[str, str]]:
+    """(step, curve) of each point the plot is sent: as a DataFrame, or inside a LinePlot update (Gradio's dict)."""
     if isinstance(plot, gr.LinePlot):
         value = plot.value
-        return [row[value["columns"].index("curve")] for row in value["data"]]
-    return list(plot["curve"])
+        step, curve = value["columns"].index("step"), value["columns"].index("curve")
+        return [(str(row[step]), row[curve]) for row in value["data"]]
+    return list(zip(plot["step"].astype(str), plot["curve"]))
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -303,7 +307,7 @@ def test_the_page_queues_runs_with_limits_and_two_public_endpoints():
     assert app.demo._queue.max_size == h.env_int("CONJURE_QUEUE_SIZE", 16)
     assert app.demo._queue.default_concurrency_limit == h.env_int("CONJURE_CONCURRENCY", 1)
     public = [f.api_name for f in app.demo.fns.values() if f.api_visibility == "public"]
-    assert public == ["conjure", "matrix"]  # the two tabs' Run buttons
+    assert public == ["conjure", "explain", "matrix"]  # the two tabs' Run buttons and the Why panel's Explain
 
 
 def test_changing_the_model_offers_its_image_sizes():
@@ -481,6 +485,7 @@ def test_the_two_runs_take_raw_values_so_gradio_never_hides_the_message():
 
     by_name = {f.api_name: f for f in app.demo.fns.values()}
     assert by_name["conjure"].preprocess is False and by_name["matrix"].preprocess is False
+    assert by_name["explain"].preprocess is False
 
 
 def test_the_app_caps_uploads(monkeypatch):
@@ -559,4 +564,35 @@ def test_the_server_takes_no_uploads_and_lists_only_the_two_runs(served):
     big = httpx.post(f"{served}gradio_api/upload", files={"files": ("big.bin", b"\0" * 20_000_000)}, timeout=30)
     assert small.status_code == 200 and big.status_code == 413 and "maximum allowed size" in big.text
     info = httpx.get(f"{served}gradio_api/info", timeout=30).json()
-    assert sorted(info["named_endpoints"]) == ["/conjure", "/matrix"] and not info["unnamed_endpoints"]
+    assert sorted(info["named_endpoints"]) == ["/conjure", "/explain", "/matrix"] and not info["unnamed_endpoints"]
+
+
+# --- "Why do they differ?": the explain handler (`/explain`) ------------------------------------------------
+
+WOUT = {name: i for i, name in enumerate(h.EXPLAIN_OUTPUTS)}
+
+
+def test_run_explain_shows_each_word_highlighted_its_maps_and_the_images_without_it():
+    updates = list(h.run_explain("a black horse", "cat", SMALL["model"], 2, 1, 1.0, 0, 0))
+    assert updates[0][WOUT["why_status"]].startswith("Explaining") and len(updates) == 2
+    final = dict(zip(h.EXPLAIN_OUTPUTS, updates[-1]))
+    assert [word for word, _ in final["why_a"]] == ["a ", "black ", "horse"] and final["why_b"][0][0] == "cat"
+    scores = [score for _, score in final["why_a"] + final["why_b"]]
+    assert all(-1 <= v <= 1 for v in scores) and 1.0 in scores  # each sign on its own scale: the largest is 1
+    assert len(final["why_maps"]) == 4 and len(final["why_without"]) == 4  # a map and an image per word
+    picture, caption = final["why_maps"][1]
+    assert picture.size == (h.WHY_TILE, h.WHY_TILE) and caption.startswith("A · black (")
+    assert final["why_without"][3][1] == "B without “cat”: (empty)"
+    details = final["why_details"]
+    assert [w["word"] for w in details["words_a"]] == ["a", "black", "horse"] and "jeffreys" in details
+    assert "| A | " in final["why_table"] and "*(the empty prompt)*" in final["why_table"]
+
+
+@pytest.mark.parametrize("text_a, message", [
+    (" ".join(["dog"] * 17), "prompt A has 17 words; explain takes at most 16"),
+    ("", "prompt A is empty"),
+    (7, "prompt A must be a string"),
+])
+def test_run_explain_reports_bad_input_as_a_message(text_a, message):
+    with pytest.raises(gr.Error, match=message):
+        list(h.run_explain(text_a, "cat", SMALL["model"], 2, 1, 1.0, 0, 0))
