@@ -111,9 +111,9 @@ def build_matrix_tab(limits, defaults, models, default_model) -> None:
 
 WHY_INTRO = """
 ### Why do they differ?
-Which words drive the two prompts apart, and where in the picture. Each word is removed from its prompt in
-turn and the divergence measured again, from the same noise: a word's contribution is how much the divergence
-falls without it. **Red** words push the prompts apart, **purple** ones pull them together.
+Which words drive the two prompts apart, and where in the picture. Each word is left out of its prompt in
+turn (its tokens masked in the text encoder's output where the model allows, else removed from the text) and the
+divergence measured again, from the same noise: a word's contribution is how much the divergence falls without it. **Red** words push the prompts apart, **purple** ones pull them together.
 """
 
 
@@ -126,15 +126,13 @@ def build_why_panel(inputs) -> None:
                              elem_id="why-status")
         with gr.Row():
             words_a = gr.HighlightedText(label="Prompt 1: each word's contribution (each sign on its own scale)",
-                                         show_legend=False,
-                                         elem_id="why-a")
+                                         show_legend=False, elem_id="why-a")
             words_b = gr.HighlightedText(label="Prompt 2: each word's contribution (each sign on its own scale)",
-                                         show_legend=False,
-                                         elem_id="why-b")
+                                         show_legend=False, elem_id="why-b")
         maps = gr.Gallery(label="Where each word acts (red: it pushes the prompts apart there; purple: pulls "
-                                "them together; each map on its own scale)", columns=8, height="auto", object_fit="contain",
-                          elem_classes="pixelated", elem_id="why-maps")
-        without = gr.Gallery(label="The image drawn without each word (same noise)", columns=8, height="auto",
+                                "them together; each map on its own scale)", columns=8, height=190,
+                          object_fit="contain", elem_classes="pixelated", elem_id="why-maps")
+        without = gr.Gallery(label="The image drawn without each word (same noise)", columns=8, height=190,
                              object_fit="contain", elem_classes="pixelated", elem_id="why-without")
         table = gr.Markdown(elem_id="why-table")
         with gr.Accordion("Explanation as JSON", open=False):

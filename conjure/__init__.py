@@ -90,17 +90,19 @@ def score_pairs(model, pairs: Iterable[tuple[str, str]], *, batch_size: int | No
 
 
 def explain(model, text_a: str, text_b: str, *, batch_size: int | None = None, images: bool = True,
-            **settings) -> Explanation:
+            leave_out: str = "auto", **settings) -> Explanation:
     """Why the two texts differ: for each word of each prompt, how much D_J(a, b) falls when that word is left
-    out of its prompt (removed from the text), and a map of where in the image it acts. See conjure.attribution.
+    out of its prompt, and a map of where in the image it acts. See conjure.attribution.
 
     A one-word prompt without its word is the empty prompt (the model's unconditional input). At most
     `conjure.attribution.MAX_WORDS` (16) words per prompt; `images=False` skips decoding the final images.
+    `leave_out`: "remove" the word from the text, or "mask" its tokens in the text encoder's output (models whose
+    adapter can: the embedded model); "auto" masks where the model can, else removes.
     """
     from conjure import attribution
 
     model, s = load_model(model), validation.make_settings(Settings, settings)
-    return attribution.explain(model, text_a, text_b, s, batch_size=batch_size, images=images)
+    return attribution.explain(model, text_a, text_b, s, batch_size=batch_size, images=images, leave_out=leave_out)
 
 
 def text_similarity(model, text_a: str, text_b: str) -> float:

@@ -731,6 +731,8 @@ def highlighted(words, peaks: tuple[float, float]) -> list[tuple[str, float]]:
 
 def format_why(e) -> str:
     """The contributions as a table: each prompt's words in order, the largest in bold."""
+    from conjure.attribution import LEAVE_OUT
+
     number = animation.format_number
     rows = ["| prompt | word | contribution (nats) | the prompt without it |", "|---|---|---:|---|"]
     for which, words in (("A", e.words_a), ("B", e.words_b)):
@@ -743,8 +745,9 @@ def format_why(e) -> str:
                         f"| {without} |")
     s = e.settings
     return "\n".join(rows + [
-        "", "A word's contribution is how much the divergence falls when the word is removed from its prompt: "
-            "positive (red) pushes the prompts apart, negative (purple) pulls them together.",
+        "", f"A word's contribution is how much the divergence falls when the word is left out of its prompt "
+            f"({LEAVE_OUT[e.leave_out]}): positive (red) pushes the prompts apart, negative (purple) pulls them "
+            "together.",
         f"{e.model} ({e.dtype}) · {s['steps']} steps · k = {s['samples']} · guidance {s['guidance']:g} · "
         f"seed {s['seed']} · {e.seconds:.1f} s"])
 

@@ -397,12 +397,14 @@ def cmd_rank(args) -> int:
 
 def format_explanation(e) -> str:
     """Each prompt with its words' contributions, in prompt order, the largest marked."""
+    from conjure.attribution import LEAVE_OUT
+
     se = f" ± {e.stderr:.4g}" if e.stderr is not None else ""
     s = e.settings
     lines = [f"{e.text_a!r} vs {e.text_b!r}  ({e.model} in {computed_in(e.dtype, e.compiled)}, {s['steps']} steps, "
              f"k={s['samples']}, guidance {s['guidance']:g}, {s['weighting']} weighting)",
              f"  Jeffreys divergence  {e.jeffreys:.4f}{se} nats",
-             "  contribution of each word: D_J(A, B) - D_J with the word left out (removed from the text); "
+             f"  contribution of each word: D_J(A, B) - D_J with the word left out ({LEAVE_OUT[e.leave_out]}); "
              "> 0 pushes the prompts apart"]
     for which, text, words in (("A", e.text_a, e.words_a), ("B", e.text_b, e.words_b)):
         top = e.top(which)
@@ -431,7 +433,8 @@ def cmd_explain(args) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("always", conjure.PromptTruncatedWarning)
         warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
-        e = conjure.explain(model, args.text_a, args.text_b, batch_size=batch_size, images=False, **vars(settings))
+        e = conjure.explain(model, args.text_a, args.text_b, batch_size=batch_size, images=False,
+                            leave_out=args.leave_out, **vars(settings))
     print(json.dumps(e.to_dict()) if args.json else format_explanation(e))
     return 0
 
@@ -585,14 +588,17 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("explain", help="why two texts differ: each word's contribution to their divergence",
                        description="For each word of each prompt, how much the Jeffreys divergence falls when that "
-                                   "word is left out of its prompt (removed from the text; a one-word prompt's word "
-                                   "is compared against the empty prompt). Words are split on whitespace; at most "
-                                   "16 per prompt.")
+                                   "word is left out of its prompt (its tokens masked where the model can, else "
+                                   "removed from the text; a one-word prompt's word is compared against the empty "
+                                   "prompt). Words are split on whitespace; at most 16 per prompt.")
     p.add_argument("text_a")
     p.add_argument("text_b")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: jeffreys, words_a, words_b ([{word, contribution, stderr}] in prompt "
                         "order) and the settings")
+    p.add_argument("--leave-out", default="auto", choices=["auto", "remove", "mask"],
+                   help="how a word is left out: mask its tokens in the text encoder's output (the embedded model), "
+                        "or remove it from the text; auto (default): mask where the model can, else remove")
     add_batch_size_option(p)
     add_model_options(p)
     add_estimator_options(p)

@@ -99,6 +99,40 @@ def test_bad_settings_get_a_clear_error(words_model):
         conjure.explain(words_model, "a cat", "a dog", batch_size=0)
 
 
+def test_leave_out_is_checked_against_the_model(words_model):
+    assert conjure.explain(words_model, "a cat", "a dog", steps=1).leave_out == "remove"  # auto: it cannot mask
+    with pytest.raises(conjure.ConjureError, match="cannot mask a word's tokens"):
+        conjure.explain(words_model, "a cat", "a dog", leave_out="mask")
+    with pytest.raises(conjure.ConjureError, match="leave_out must be 'auto', 'remove' or 'mask'"):
+        conjure.explain(words_model, "a cat", "a dog", leave_out="drop")
+
+
+@pytest.fixture(scope="module")
+def emoji():
+    return conjure.load_model()
+
+
+def test_the_embedded_model_masks_each_words_tokens(emoji):
+    rows = emoji.encode_masked(["a", "black", "horse"])
+    full = emoji.encode(["a black horse"])
+    assert len(rows) == 3 and int(full.tensors["mask"].sum()) == 5  # [CLS] a black horse [SEP]
+    assert rows.tensors["mask"].sum(1).tolist() == [4, 4, 4]  # each row drops its word's one token
+    assert not rows.tensors["mask"][1, 2] and torch.equal(rows.tensors["tokens"][1, 1], full.tensors["tokens"][0, 1])
+    assert not torch.equal(rows.tensors["pooled"][1], full.tensors["pooled"][0])  # pooled without the word
+    tiger = emoji.encode_masked(["🐯", "dog"])  # the emoji is read as its name, two tokens, masked together
+    assert tiger.tensors["mask"].sum(1).tolist() == [3, 4]
+    alone = emoji.encode_masked(["horse"])  # nothing left: the unconditional input
+    assert torch.equal(alone.tensors["tokens"], emoji.encode_null().tensors["tokens"])
+
+
+def test_explain_masks_on_the_embedded_model_by_default(emoji):
+    e = conjure.explain(emoji, "a black horse", "cat", steps=2)
+    assert e.leave_out == "mask" and [w.without for w in e.words_a] == ["black horse", "a horse", "a black"]
+    assert conjure.explain(emoji, "a black horse", "cat", steps=2, leave_out="remove").leave_out == "remove"
+    assert e.words_a[1].map.shape == (32, 32) and e.words_a[1].image.shape == (32, 32, 3)
+    assert e.words_a[1].map.sum() == pytest.approx(e.words_a[1].contribution, rel=1e-4, abs=1e-6)
+
+
 def test_sixteen_words_are_accepted(words_model):
     e = conjure.explain(words_model, " ".join(["a"] * 16), "dog", steps=1, images=False)
     assert len(e.words_a) == 16 and all(w.without == " ".join(["a"] * 15) for w in e.words_a)

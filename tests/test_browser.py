@@ -215,3 +215,37 @@ def test_compare_many_tab(page, tmp_path):
     if os.environ.get("CONJURE_UPDATE_DOCS"):
         page.wait_for_timeout(500)
         page.screenshot(path=str(ROOT / "docs" / "app-matrix-screenshot.png"), full_page=True)
+
+
+def test_the_why_panel_explains_a_run(page, tmp_path):
+    """After a run, Explain highlights each prompt's words by contribution and draws each word's map; the per-step
+    plot's x axis shows whole steps only. CONJURE_UPDATE_DOCS=1 saves the panel to docs/app-explain-screenshot.png."""
+    steps = int(os.environ.get("CONJURE_BROWSER_STEPS", "4"))
+    page.locator("#prompt-a textarea").fill("a black horse")
+    page.locator("#prompt-b textarea").fill("a white horse")
+    page.get_by_text("Advanced").click()
+    set_slider(page, "steps", steps)
+    set_slider(page, "stages", 2)
+    page.locator("#run").click()
+    page.get_by_text("Done: Jeffreys divergence").first.wait_for(timeout=240_000)
+
+    # Vega draws the plot as SVG: the x axis's tick labels are whole steps, every step of the run.
+    labels = page.locator("#plot svg g[aria-label^='X-axis'] .role-axis-label text").evaluate_all(
+        "texts => texts.map(t => t.textContent)")
+    assert labels == [str(i) for i in range(1, steps + 1)], labels
+
+    page.locator("#why-run").click()
+    page.locator("#why-status").get_by_text("Why they differ").wait_for(timeout=240_000)
+    for elem_id, words in (("why-a", ["a", "black", "horse"]), ("why-b", ["a", "white", "horse"])):
+        shown = page.locator(f"#{elem_id}").inner_text()
+        assert all(word in shown for word in words), shown
+    page.locator("#why-maps img").first.wait_for(timeout=60_000)
+    assert page.locator("#why-maps img").count() == 6 and page.locator("#why-without img").count() == 6
+    assert "the prompt without it" in page.locator("#why-table").inner_text()
+
+    page.wait_for_timeout(500)  # let the galleries settle before the picture
+    shot = tmp_path / "why.png"
+    page.locator("#why").first.screenshot(path=str(shot))  # (Gradio gives a Group its id twice)
+    assert shot.stat().st_size > 5_000
+    if os.environ.get("CONJURE_UPDATE_DOCS"):
+        shutil.copy(shot, ROOT / "docs" / "app-explain-screenshot.png")

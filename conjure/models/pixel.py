@@ -17,6 +17,7 @@ import torch
 
 from conjure.minilm import MiniLM
 from conjure.models.base import Conditioning, to_epsilon, to_uint8
+from conjure.text import prepare
 
 
 def measured_cpu_dtype(folder: str | Path) -> str | None:
@@ -72,6 +73,38 @@ class PixelModel:
 
     def encode_null(self) -> Conditioning:
         return self.encode([self.null_prompt])
+
+    @torch.no_grad()
+    def encode_masked(self, words: list[str]) -> Conditioning:
+        """One row per word: the prompt " ".join(words) encoded once, with that word's tokens masked out of the
+        cross-attention and of the pooled embedding (the mean of the remaining token states, as the encoder pools).
+
+        How `conjure.explain` leaves a word out of a prompt for this model (measured against removing it from the
+        text: docs/explain.md). A word whose tokens are all there is (a one-word prompt) gives the null row.
+        """
+        tokenizer = self.text_encoder.tokenizer
+        read = [prepare(tokenizer, [w])[0][0] for w in words]  # emoji as their names, word by word
+        text, spans, start = " ".join(read), [], 0
+        for w in read:
+            spans.append((start, start + len(w)))
+            start += len(w) + 1
+        out = self.text_encoder([text])
+        offsets = tokenizer(text, return_offsets_mapping=True, truncation=True,
+                            max_length=self.text_encoder.max_tokens)["offset_mapping"]
+        rows = []
+        for begin, end in spans:
+            mask = out.mask.clone()
+            for position, (a, b) in enumerate(offsets):
+                if b > a and begin <= a < end:  # a token of this word ([CLS], [SEP] and padding have no span)
+                    mask[0, position] = 0
+            if not any(b > a and mask[0, p] for p, (a, b) in enumerate(offsets)):  # nothing left of the prompt
+                rows.append(self.encode_null())
+                continue
+            tokens = out.tokens * mask[..., None]
+            pooled = torch.nn.functional.normalize(tokens.sum(1) / mask.sum(1, keepdim=True), dim=-1)
+            rows.append(Conditioning({"tokens": tokens.to(self.dtype), "mask": mask.bool(),
+                                      "pooled": (pooled * self.pooled_scale).to(self.dtype)}, out.truncated))
+        return Conditioning.cat(rows)
 
     @torch.no_grad()
     def text_embedding(self, prompts: list[str]) -> torch.Tensor:
