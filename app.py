@@ -130,9 +130,9 @@ def build_why_panel(inputs) -> None:
             words_b = gr.HighlightedText(label="Prompt 2: each word's contribution (each sign on its own scale)",
                                          show_legend=False, elem_id="why-b")
         maps = gr.Gallery(label="Where each word acts (red: it pushes the prompts apart there; purple: pulls "
-                                "them together; each map on its own scale)", columns=8, height=190,
+                                "them together; each map on its own scale)", columns=10, height=190,
                           object_fit="contain", elem_classes="pixelated", elem_id="why-maps")
-        without = gr.Gallery(label="The image drawn without each word (same noise)", columns=8, height=190,
+        without = gr.Gallery(label="The image drawn without each word (same noise)", columns=10, height=190,
                              object_fit="contain", elem_classes="pixelated", elem_id="why-without")
         table = gr.Markdown(elem_id="why-table")
         with gr.Accordion("Explanation as JSON", open=False):

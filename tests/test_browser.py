@@ -221,8 +221,8 @@ def test_the_why_panel_explains_a_run(page, tmp_path):
     """After a run, Explain highlights each prompt's words by contribution and draws each word's map; the per-step
     plot's x axis shows whole steps only. CONJURE_UPDATE_DOCS=1 saves the panel to docs/app-explain-screenshot.png."""
     steps = int(os.environ.get("CONJURE_BROWSER_STEPS", "4"))
-    page.locator("#prompt-a textarea").fill("a black horse")
-    page.locator("#prompt-b textarea").fill("a white horse")
+    page.locator("#prompt-a textarea").fill("a tiger on fire")
+    page.locator("#prompt-b textarea").fill("a lion in the snow")
     page.get_by_text("Advanced").click()
     set_slider(page, "steps", steps)
     set_slider(page, "stages", 2)
@@ -236,11 +236,11 @@ def test_the_why_panel_explains_a_run(page, tmp_path):
 
     page.locator("#why-run").click()
     page.locator("#why-status").get_by_text("Why they differ").wait_for(timeout=240_000)
-    for elem_id, words in (("why-a", ["a", "black", "horse"]), ("why-b", ["a", "white", "horse"])):
+    for elem_id, words in (("why-a", ["tiger", "on", "fire"]), ("why-b", ["lion", "in", "the", "snow"])):
         shown = page.locator(f"#{elem_id}").inner_text()
         assert all(word in shown for word in words), shown
     page.locator("#why-maps img").first.wait_for(timeout=60_000)
-    assert page.locator("#why-maps img").count() == 6 and page.locator("#why-without img").count() == 6
+    assert page.locator("#why-maps img").count() == 9 and page.locator("#why-without img").count() == 9
     assert "the prompt without it" in page.locator("#why-table").inner_text()
 
     page.wait_for_timeout(500)  # let the galleries settle before the picture
