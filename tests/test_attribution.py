@@ -232,3 +232,11 @@ def test_the_differing_word_ranks_first_far_more_often_than_by_chance(minimal_pa
     hits = sum(rank == 1 for _, _, rank, _ in minimal_pair_ranks)
     chance = sum(1 / n for _, _, _, n in minimal_pair_ranks)
     assert hits >= 2 * chance, f"{hits} hits against {chance:.1f} by chance; {misses(minimal_pair_ranks)}"
+
+
+def test_stable_diffusion_removes_words(tiny_sd1):
+    """CLIP adapters cannot mask a word's tokens, so auto removes it; one-word prompts use the null prompt."""
+    e = conjure.explain(tiny_sd1, "a red cube", "sky", steps=2, guidance=2.0)
+    assert e.leave_out == "remove" and [w.without for w in e.words_a] == ["red cube", "a cube", "a red"]
+    assert e.words_b[0].without == "" and all(np.isfinite(w.contribution) for w in e.words_a + e.words_b)
+    assert e.words_a[0].map.shape == tiny_sd1.latent_shape(tiny_sd1.default_size)[1:]
