@@ -31,7 +31,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
 
 import conjure  # noqa: E402
 from conjure import attribution  # noqa: E402
-from conjure.jeffreys import Settings  # noqa: E402
+from conjure.settings import Settings  # noqa: E402
 
 
 # The first draft of the minimal pairs: prompts that name two things (a subject and a scene or object shared by

@@ -16,7 +16,7 @@ The divergence is the Jeffreys divergence between the reverse diffusion processe
 that the model runs under each text (Liu & Soatto, "Conjuring Semantic
 Similarity", ICLR 2026). Estimator settings are keyword arguments: steps,
 samples, guidance, seed, size, eta, weighting (see `conjure.Settings`); the limits of one call
-(phrases, candidates, morph stages) are `conjure.LIMITS` (see `conjure.Limits`).
+(phrases, candidates, morph stages, words) are `conjure.LIMITS` (see `conjure.Limits`).
 
     jeffreys.py      the estimator, top to bottom          sampler.py    the one sampler (schedule, noise)
     models/          the DiffusionModel protocol, adapters, loading and the alias table
@@ -38,10 +38,10 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from conjure.errors import ConjureError, ModelLoadError, PromptTruncatedWarning
-from conjure import validation
 from conjure.calibration import add_percentiles
 from conjure.jeffreys import JeffreysResult, StepEvent, jeffreys_steps, score_batches
 from conjure.jeffreys import stream as _stream
+from conjure import attribution, validation
 from conjure.attribution import Explanation, WordContribution
 from conjure.matrix import MatrixResult, rank, similarity_matrix
 from conjure.models import MODEL_ALIASES, default_model, load_model
@@ -90,19 +90,21 @@ def score_pairs(model, pairs: Iterable[tuple[str, str]], *, batch_size: int | No
 
 
 def explain(model, text_a: str, text_b: str, *, batch_size: int | None = None, images: bool = True,
-            leave_out: str = "auto", **settings) -> Explanation:
+            leave_out: str = "auto", limits: Limits = LIMITS, **settings) -> Explanation:
     """Why the two texts differ: for each word of each prompt, how much D_J(a, b) falls when that word is left
-    out of its prompt, and a map of where in the image it acts. See conjure.attribution.
+    out of its prompt, and a map of where in the image it acts. See conjure.attribution and docs/explain.md.
 
     A one-word prompt without its word is the empty prompt (the model's unconditional input). At most
-    `conjure.attribution.MAX_WORDS` (16) words per prompt; `images=False` skips decoding the final images.
+    `limits.max_words` (16) words per prompt; `images=False` skips decoding the final images.
     `leave_out`: "remove" the word from the text, or "mask" its tokens in the text encoder's output (models whose
     adapter can: the embedded model); "auto" masks where the model can, else removes.
     """
-    from conjure import attribution
-
-    model, s = load_model(model), validation.make_settings(Settings, settings)
-    return attribution.explain(model, text_a, text_b, s, batch_size=batch_size, images=images, leave_out=leave_out)
+    model, s = load_model(model), validation.make_settings(settings)
+    attribution.check_words(text_a, "A", limits)
+    attribution.check_words(text_b, "B", limits)
+    leave_out, run = attribution.check_explain(model, text_a, text_b, s, batch_size=batch_size, images=images,
+                                               leave_out=leave_out, limits=limits)
+    return attribution.explained(model, text_a, text_b, run, leave_out=leave_out, images=images)
 
 
 def text_similarity(model, text_a: str, text_b: str) -> float:

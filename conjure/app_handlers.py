@@ -1,4 +1,5 @@
-"""The Gradio app's server side: limits, the model allow-list and cache, and the two tabs' Run handlers.
+"""The Gradio app's server side: limits, the model allow-list and cache, the two tabs' Run handlers and the Why
+panel's Explain handler.
 
 `app.py` lays out the page and wires these functions to it. Everything a user or an
 API caller sends is checked here, on the server, whatever the sliders allow, by the same
@@ -8,14 +9,15 @@ environment is read when a request comes, not at import:
     CONJURE_MODEL             default model (an alias, a hub id or a folder); on ZeroGPU: sd-v1-4
     CONJURE_EXTRA_MODELS      comma-separated hub ids or folders added to the allow-list
     CONJURE_MAX_STEPS (50), CONJURE_MAX_SAMPLES (8), CONJURE_MAX_STAGES (16),
-    CONJURE_MAX_SIZE (1024), CONJURE_MAX_PROMPT_CHARS (300), CONJURE_MAX_PHRASES (10, "Compare many")
+    CONJURE_MAX_SIZE (1024), CONJURE_MAX_PROMPT_CHARS (300), CONJURE_MAX_PHRASES (10, "Compare many"),
+    CONJURE_MAX_WORDS (16 per prompt, "Why do they differ?")
     CONJURE_CACHED_MODELS (2) models kept loaded; CONJURE_CONCURRENCY (1) runs at once;
     CONJURE_QUEUE_SIZE (16)   runs waiting at most
 
 All model work of a Run happens in one generator, `conjure_on_device` (`matrix_on_device`
-for the "Compare many" tab's `/matrix`), wrapped in `spaces.GPU` when the `spaces` package
-is installed (a no-op off ZeroGPU). Only plain data crosses its boundary: names, numbers,
-dicts, dataclasses of them and numpy arrays.
+for the "Compare many" tab's `/matrix`, `explain_on_device` for `/explain`), wrapped in
+`spaces.GPU` when the `spaces` package is installed (a no-op off ZeroGPU). Only plain data
+crosses its boundary: names, numbers, dicts, dataclasses of them and numpy arrays.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import numpy as np
 import conjure
 from conjure import animation, calibration, jeffreys, validation
 from conjure.models.base import cosine
+from conjure.attribution import LEAVE_OUT, Explanation, check_explain, check_words, explained
 from conjure.errors import ConjureError
 from conjure.matrix import check_matrix, check_phrases, scored_matrix
 from conjure.models import BUILTIN_MODELS
@@ -58,7 +61,7 @@ def env_int(name: str, default: int) -> int:
 
 # The app's limits where they are tighter than the library's (`conjure.LIMITS`), each overridden by CONJURE_MAX_*.
 APP_LIMITS = {"max_steps": 50, "max_samples": 8, "max_stages": 16, "max_size": 1024, "max_prompt_chars": 300,
-              "max_phrases": 10}
+              "max_phrases": 10, "max_words": 16}
 
 
 def app_limits() -> Limits:
@@ -695,25 +698,17 @@ EXPLAIN_OUTPUTS = ("why_status", "why_a", "why_b", "why_table", "why_maps", "why
 WHY_TILE = 128  # side of each word's map and image in the panel, in pixels
 
 
-def explain_updates(**values) -> tuple:
-    """A value for every Why output; `gr.skip()` for those not named."""
-    unknown = set(values) - set(EXPLAIN_OUTPUTS)
-    if unknown:
-        raise KeyError(f"not a Why output: {sorted(unknown)}")
-    return tuple(values[name] if name in values else gr.skip() for name in EXPLAIN_OUTPUTS)
+explain_updates = outputs_of(EXPLAIN_OUTPUTS)
 
 
 @on_gpu(duration=120)
-def explain_on_device(model_name: str, text_a: str, text_b: str, settings: dict):
-    """All model work of an explanation: the Explanation (plain data: numbers, words, arrays)."""
-    import torch
-
-    try:
-        model = MODELS.loaded(model_name) or MODELS.get(model_name)
-        return conjure.explain(model, text_a, text_b, **settings)
-    except (torch.OutOfMemoryError, validation.OutOfMemory):
-        free_accelerator_memory()
-        raise ConjureError("out of memory: try a smaller image size, fewer samples (k) or fewer words") from None
+@reports_out_of_memory("a smaller image size, fewer samples (k) or fewer words")
+def explain_on_device(model_name: str, text_a: str, text_b: str, run: validation.Checked,
+                      leave_out: str) -> Iterator[Explanation]:
+    """All model work of an explanation, on input `run_explain` checked: yields the Explanation (plain data:
+    numbers, words, arrays), once."""
+    model = MODELS.loaded(model_name) or MODELS.get(model_name)  # the handler has loaded it
+    yield explained(model, text_a, text_b, run, leave_out=leave_out)
 
 
 def highlighted(words, peaks: tuple[float, float]) -> list[tuple[str, float]]:
@@ -731,8 +726,6 @@ def highlighted(words, peaks: tuple[float, float]) -> list[tuple[str, float]]:
 
 def format_why(e) -> str:
     """The contributions as a table: each prompt's words in order, the largest in bold."""
-    from conjure.attribution import LEAVE_OUT
-
     number = animation.format_number
     rows = ["| prompt | word | contribution (nats) | the prompt without it |", "|---|---|---:|---|"]
     for which, words in (("A", e.words_a), ("B", e.words_b)):
@@ -764,11 +757,13 @@ def why_galleries(e) -> tuple[list, list]:
         if w.map is not None:
             maps.append((animation.resize(animation.contribution_map(w.map, under), WHY_TILE), caption))
         if w.image is not None:
-            without.append((animation.resize(w.image, WHY_TILE), f"{which} without “{w.word}”: {w.without or '(empty)'}"))
+            without.append((animation.resize(w.image, WHY_TILE),
+                            f"{which} without “{w.word}”: {w.without or '(empty)'}"))
     return maps, without
 
 
-def run_explain(text_a: str, text_b: str, model: str = DEFAULT_MODEL, steps: int = DEFAULTS["steps"],
+@reports_errors
+def run_explain(text_a: str, text_b: str, model: str | None = None, steps: int = DEFAULTS["steps"],
                 samples: int = DEFAULTS["samples"], guidance: float = DEFAULTS["guidance"],
                 seed: int = DEFAULTS["seed"], size: int = DEFAULTS["size"]) -> Iterator[tuple]:
     """The Why panel's button and the `/explain` API: each word's contribution to the divergence, and its map.
@@ -776,37 +771,21 @@ def run_explain(text_a: str, text_b: str, model: str = DEFAULT_MODEL, steps: int
     Inputs as for `/conjure` (without the morph stages). Outputs, in order: `EXPLAIN_OUTPUTS`: the status, both
     prompts highlighted by contribution, the table, the per-word maps, the images without each word, the JSON.
     """
-    import torch
-
-    try:
-        yield from _run_explain(text_a, text_b, model, steps, samples, guidance, seed, size)
-    except ConjureError as err:
-        raise refused(err) from None
-    except torch.OutOfMemoryError:
-        free_accelerator_memory()
-        raise gr.Error("out of memory loading the model; try again when fewer models are in use",
-                       print_exception=False) from None
-    except Exception as err:
-        log.exception("explain failed")
-        raise gr.Error(html.escape(f"the explanation failed: {type(err).__name__}: {err}", quote=False),
-                       print_exception=False) from None
-
-
-def _run_explain(text_a, text_b, model_name, steps, samples, guidance, seed, size) -> Iterator[tuple]:
-    from conjure.attribution import check_words
-
-    request = check_request(text_a, text_b, model_name, steps, samples, guidance, seed, size, DEFAULTS["stages"])
-    text_a, text_b = request["text_a"], request["text_b"]
-    words = len(check_words(text_a, "A")) + len(check_words(text_b, "B"))  # the word limit, before the model
+    limits = app_limits()
+    text_a = check_text_request(text_a, "prompt A", limits)
+    text_b = check_text_request(text_b, "prompt B", limits)
+    words = len(check_words(text_a, "A", limits)) + len(check_words(text_b, "B", limits))  # before the model
+    model_name, settings = check_settings_request(model or default_model(), steps, samples, guidance, seed, size,
+                                                  limits)
     yield explain_updates(why_status=f"Explaining: leaving out each of the {words} words in turn…", why_a=None,
                           why_b=None, why_table="", why_maps=None, why_without=None, why_details=None)
-    model = MODELS.get(model_name)
-    check_size(model, request["size"])
-    settings = asdict(Settings(steps=request["steps"], samples=request["samples"], guidance=request["guidance"],
-                               seed=request["seed"], size=request["size"]))
-    e = explain_on_device(model_name, text_a, text_b, settings)
+    model = loaded(model_name, settings, limits)
+    leave_out, run = check_explain(model, text_a, text_b, settings, limits=limits,
+                                   lower="choose a smaller image size or fewer samples (k), or use fewer words")
+    [e] = explain_on_device(model_name, text_a, text_b, run, leave_out)
     contributions = [w.contribution for w in e.words_a + e.words_b]
-    peaks = (max([c for c in contributions if c > 0], default=0.0), max([-c for c in contributions if c < 0], default=0.0))
+    peaks = (max([c for c in contributions if c > 0], default=0.0),
+             max([-c for c in contributions if c < 0], default=0.0))
     maps, without = why_galleries(e)
     top_a, top_b = e.top("a"), e.top("b")
     yield explain_updates(

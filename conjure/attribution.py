@@ -45,13 +45,15 @@ import torch
 
 from conjure import validation
 from conjure.errors import ConjureError
-from conjure.jeffreys import Settings, check_prompt, check_settings, conditioned_steps, dtype_name
+from conjure.jeffreys import conditioned_steps, dtype_name
 from conjure.models.base import Conditioning
+from conjure.settings import LIMITS, Limits
+from conjure.validation import Checked
 
-MAX_WORDS = 16  # per prompt: each word is one more trajectory (and three more model evaluations per step)
 # How a word is left out (see the module docstring): "mask" where the model's adapter can mask a word's tokens
 # (`encode_masked`: the embedded model), else "remove"; "auto" picks so.
 LEAVE_OUT = {"remove": "removed from the text", "mask": "its tokens masked in the text encoder's output"}
+LOWER = "lower samples (k), the image size or the batch size, or use fewer words"
 
 # Minimal pairs: exactly one word differs (the last two fields). Each prompt names one thing the embedded emoji
 # model draws (an emoji concept); the shared words only qualify it (articles, "a slice of", a size, an age, a
@@ -97,12 +99,12 @@ def without_word(words: Sequence[str], i: int) -> str:
     return " ".join(w for j, w in enumerate(words) if j != i)
 
 
-def check_words(text, which: str) -> list[str]:
-    """A prompt's words, or a ConjureError: not a string, empty, or more than MAX_WORDS words."""
-    words = words_of(check_prompt(text, which))
-    if len(words) > MAX_WORDS:
-        raise ConjureError(f"prompt {which} has {len(words)} words; explain takes at most {MAX_WORDS} per prompt "
-                           "(each word left out is one more trajectory to run): shorten it")
+def check_words(text, which: str, limits: Limits = LIMITS) -> list[str]:
+    """A prompt's words, or a ConjureError: not a string, empty, or more than `limits.max_words` words."""
+    words = words_of(validation.check_prompt(text, which))
+    if limits.max_words is not None and len(words) > limits.max_words:
+        raise ConjureError(f"prompt {which} has {len(words)} words; explain takes at most {limits.max_words} per "
+                           "prompt (each word left out is one more trajectory to run): shorten it")
     return words
 
 
@@ -177,7 +179,7 @@ def pixel_terms(weight: float, eps_gap: torch.Tensor) -> torch.Tensor:
     return (weight / 2) * eps_gap.double().pow(2).sum(3).sum(1).mean(1).cpu()
 
 
-def run_pairs(model, cond: Conditioning, pairs: list[tuple[int, int]], settings: Settings, size: int,
+def run_pairs(model, cond: Conditioning, pairs: list[tuple[int, int]], run: Checked,
               decode: bool) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
     """Run `pairs` (rows of `cond`) through the estimator in one batch: per-sample D_J (P, k), per-position D_J
     (P, H, W), and the final images of each pair's two trajectories, sample 0 (P, 2, H, W, 3), if `decode`."""
@@ -185,8 +187,7 @@ def run_pairs(model, cond: Conditioning, pairs: list[tuple[int, int]], settings:
     local = {u: i for i, u in enumerate(rows)}
     kl = maps = x0 = None
     try:
-        for step in conditioned_steps(model, cond.take(rows), [(local[a], local[b]) for a, b in pairs], settings,
-                                      size):
+        for step in conditioned_steps(model, cond.take(rows), [(local[a], local[b]) for a, b in pairs], run):
             terms, here = step.kl_ab + step.kl_ba, pixel_terms(step.weight, step.eps_gap)
             kl, maps = (terms, here) if kl is None else (kl + terms, maps + here)
             x0 = step.x0
@@ -194,38 +195,37 @@ def run_pairs(model, cond: Conditioning, pairs: list[tuple[int, int]], settings:
         if decode:
             images = model.decode(x0[:, :, 0].flatten(0, 1))
             images = images.reshape(len(pairs), 2, *images.shape[1:])
-    except Exception as err:
-        if validation.is_out_of_memory(err):
-            raise validation.out_of_memory("lower samples (k), the image size or the batch size, or use fewer "
-                                           "words") from None
+    except Exception as err:  # the estimator's steps or the decoding
+        if isinstance(err, validation.OutOfMemory) or validation.is_out_of_memory(err):
+            raise validation.out_of_memory(LOWER) from None
         raise
     return kl / 2, maps, images
 
 
 def leave_one_out(model, cond: Conditioning, full: tuple[int, int], rows_a: Sequence[int], rows_b: Sequence[int],
-                  settings: Settings, batch_size: int, size: int, decode: bool = True) -> LeaveOneOut:
+                  run: Checked, decode: bool = True) -> LeaveOneOut:
     """D_J of the full pair and of every variant pair, all from the same noise.
 
     `full` = (row of a, row of b) in `cond`; `rows_a` are the rows of a's variants (each compared with b),
-    `rows_b` those of b's (each compared with a). At most `batch_size` pairs per model call: the variant
+    `rows_b` those of b's (each compared with a). At most `run.batch_size` pairs per model call: the variant
     pairs run in chunks of batch_size - 1, each chunk with the full pair first.
     """
     ra, rb = full
     variant_pairs = [(u, rb) for u in rows_a] + [(ra, v) for v in rows_b]
-    per_chunk = max(1, batch_size - 1)
+    per_chunk = max(1, run.batch_size - 1)
     j_full = map_full = images_full = None
     j_variants, maps_variants, images_variants = [], [], []
     for start in range(0, max(len(variant_pairs), 1), per_chunk):
         chunk = variant_pairs[start : start + per_chunk]
-        j, maps, images = run_pairs(model, cond, [full] + chunk, settings, size, decode)
+        j, maps, images = run_pairs(model, cond, [full] + chunk, run, decode)
         if j_full is None:  # every chunk's full pair is the same (same noise); the first one's is kept
             j_full, map_full = j[0], maps[0]
             images_full = None if images is None else images[0]
         j_variants.append(j[1:])
         maps_variants.append(maps[1:])
         if images is not None:  # each variant's own trajectory: A for a's words, B for b's
-            own = torch.tensor([0 if n < len(rows_a) else 1 for n in range(start, start + len(chunk))], dtype=torch.long)
-            images_variants.append(images[1:][np.arange(len(chunk)), own.numpy()])
+            own = np.array([0 if n < len(rows_a) else 1 for n in range(start, start + len(chunk))])
+            images_variants.append(images[1:][np.arange(len(chunk)), own])
     images = None
     if images_full is not None:
         images = np.concatenate([images_full, *images_variants])
@@ -259,21 +259,31 @@ def check_leave_out(model, leave_out) -> str:
     return leave_out if leave_out != "auto" else "mask" if can_mask else "remove"
 
 
-def explain(model, text_a: str, text_b: str, settings: Settings = Settings(), batch_size: int | None = None,
-            images: bool = True, leave_out: str = "auto") -> Explanation:
-    """Each word's contribution to D_J(a, b): how much the divergence falls when the word is left out of its
-    prompt (removed from the text; the only word of a prompt becomes the empty prompt). See the module docstring."""
-    start = time.perf_counter()
-    words_a, words_b = check_words(text_a, "A"), check_words(text_b, "B")
+def check_explain(model, text_a: str, text_b: str, settings, *, batch_size: int | None = None, images: bool = True,
+                  leave_out: str = "auto", limits: Limits = LIMITS, lower: str = LOWER,
+                  option: str = "batch_size") -> tuple[str, Checked]:
+    """The rest of an explanation's checks once the model is loaded (each prompt's words are checked before it,
+    `check_words`): how this model leaves a word out, that its text encoder reads both prompts, and that the run
+    of 1 + n_a + n_b pairs fits the model, the limits and, a chunk of `batch_size` pairs at a time, the memory.
+    Returns ("remove" or "mask", the checked run)."""
     leave_out = check_leave_out(model, leave_out)
-    size = check_settings(model, settings)
-    validation.check_readable(model, [("A", text_a), ("B", text_b)])
-    batch_size = validation.check_batch_size(batch_size)
-    n_pairs = 1 + len(words_a) + len(words_b)
-    batch_size = batch_size or validation.auto_batch_size(model, settings, n_pairs, decoded_images=2 * n_pairs)
-    validation.check_memory(model, settings, min(batch_size, n_pairs), decoded_images=2 * min(batch_size, n_pairs),
-                            lower="lower samples (k), the image size or the batch size, or use fewer words")
+    validation.check_readable(model, [("prompt A", text_a), ("prompt B", text_b)])
+    pairs = 1 + len(words_of(text_a)) + len(words_of(text_b))
+    run = validation.check_run(model, settings, pairs=pairs, batch_size=batch_size,
+                               decoded_images=2 * pairs if images else 0, limits=limits, memory=False, option=option)
+    chunk = min(run.batch_size, pairs)  # each chunk decodes the final images of its pairs' two trajectories
+    validation.check_memory(model, run.settings, chunk, decoded_images=2 * chunk if images else 0, lower=lower)
+    return leave_out, run
 
+
+def explained(model, text_a: str, text_b: str, run: Checked, *, leave_out: str, images: bool = True) -> Explanation:
+    """Each word's contribution to D_J(a, b): how much the divergence falls when the word is left out of its
+    prompt (the only word of a prompt becomes the empty prompt). See the module docstring.
+
+    Trusts its input: `check_words` and `check_explain` checked it at the entry point (`conjure.explain`, the CLI,
+    the app)."""
+    start = time.perf_counter()
+    words_a, words_b = words_of(text_a), words_of(text_b)
     variants = [without_word(words_a, i) for i in range(len(words_a))] + \
         [without_word(words_b, i) for i in range(len(words_b))]
     if leave_out == "mask":  # rows: a, b, a's words masked in turn, then b's
@@ -291,22 +301,24 @@ def explain(model, text_a: str, text_b: str, settings: Settings = Settings(), ba
             row_of[""] = len(distinct)
             cond = Conditioning.cat([cond, model.encode_null()])
         full, rows = (row_of[text_a], row_of[text_b]), [row_of[t] for t in variants]
-    run = leave_one_out(model, cond, full, rows[: len(words_a)], rows[len(words_a):], settings, batch_size, size,
-                        decode=images)
+    out = leave_one_out(model, cond, full, rows[: len(words_a)], rows[len(words_a):], run, decode=images)
+    if not (torch.isfinite(out.full).all() and torch.isfinite(out.variants).all()):
+        raise ConjureError(f"the divergence for ({text_a!r}, {text_b!r}) or a variant is not finite: the model "
+                           "produced NaN or inf (half precision overflow? try dtype float32)")
 
     n_a = len(words_a)
-    variant_images = run.images[2:] if run.images is not None else None
-    full = run.full
+    variant_images = out.images[2:] if out.images is not None else None
+    full = out.full
     k = len(full)
     return Explanation(
         text_a=text_a, text_b=text_b, jeffreys=float(full.mean()),
         stderr=float(full.std(unbiased=True) / math.sqrt(k)) if k > 1 else None,
-        words_a=contributions(words_a, full, run.variants[:n_a], run.full_map, run.variant_maps[:n_a],
+        words_a=contributions(words_a, full, out.variants[:n_a], out.full_map, out.variant_maps[:n_a],
                               None if variant_images is None else variant_images[:n_a]),
-        words_b=contributions(words_b, full, run.variants[n_a:], run.full_map, run.variant_maps[n_a:],
+        words_b=contributions(words_b, full, out.variants[n_a:], out.full_map, out.variant_maps[n_a:],
                               None if variant_images is None else variant_images[n_a:]),
-        settings=asdict(settings), model=model.name, dtype=dtype_name(model),
+        settings=asdict(run.settings), model=model.name, dtype=dtype_name(model),
         seconds=time.perf_counter() - start, compiled=getattr(model, "compiled", False), leave_out=leave_out,
         truncated=truncated,
-        images=None if run.images is None else (run.images[0], run.images[1]),
+        images=None if out.images is None else (out.images[0], out.images[1]),
     )

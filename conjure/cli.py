@@ -1,4 +1,5 @@
-"""Command line: `python -m conjure score A B`, `score --pairs FILE`, `matrix`, `rank`, `explain`, and `sts` (the benchmark).
+"""Command line: `python -m conjure score A B`, `score --pairs FILE`, `matrix`, `rank`, `explain`, and `sts` (the
+benchmark).
 
 Output contract for scripts: `--json` prints one JSON object per pair with at least
 jeffreys, kl_ab, kl_ba, per_step, stderr, seconds.
@@ -423,18 +424,20 @@ def cmd_explain(args) -> int:
     import conjure
     from conjure import attribution
 
-    settings = settings_from(args)
-    validation.check_settings(settings)
-    validation.check_device(args.device)
-    batch_size = validation.check_batch_size(args.batch_size, "--batch-size")
-    attribution.check_words(args.text_a, "A")  # before the model loads
+    attribution.check_words(args.text_a, "A")  # all that needs no model, before it loads
     attribution.check_words(args.text_b, "B")
+    settings = settings_from(args)
+    validation.check_device(args.device)
+    validation.check_batch_size(args.batch_size, "--batch-size")
     model = model_from(args)
+    leave_out, run = attribution.check_explain(model, args.text_a, args.text_b, settings, batch_size=args.batch_size,
+                                               images=False, leave_out=args.leave_out,
+                                               lower="lower --samples, --batch-size or --size, or use fewer words",
+                                               option="--batch-size")
     with warnings.catch_warnings():
         warnings.simplefilter("always", conjure.PromptTruncatedWarning)
         warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
-        e = conjure.explain(model, args.text_a, args.text_b, batch_size=batch_size, images=False,
-                            leave_out=args.leave_out, **vars(settings))
+        e = attribution.explained(model, args.text_a, args.text_b, run, leave_out=leave_out, images=False)
     print(json.dumps(e.to_dict()) if args.json else format_explanation(e))
     return 0
 
@@ -590,7 +593,8 @@ def main(argv=None) -> int:
                        description="For each word of each prompt, how much the Jeffreys divergence falls when that "
                                    "word is left out of its prompt (its tokens masked where the model can, else "
                                    "removed from the text; a one-word prompt's word is compared against the empty "
-                                   "prompt). Words are split on whitespace; at most 16 per prompt.")
+                                   f"prompt). Words are split on whitespace; at most {LIMITS.max_words} per prompt. "
+                                   "See docs/explain.md.")
     p.add_argument("text_a")
     p.add_argument("text_b")
     p.add_argument("--json", action="store_true",

@@ -1,7 +1,7 @@
 """The estimator's settings and the limits of one call: the values every entry point (API, CLI, app) checks once.
 
     Settings(steps=10, samples=1, guidance=1.0, seed=0, size=None, eta=1.0, weighting="girsanov")
-    LIMITS       what one call of the library or the CLI may ask for (phrases, candidates, morph stages)
+    LIMITS       what one call of the library or the CLI may ask for (phrases, candidates, morph stages, words)
 
 A `Settings` is checked when it is made (types and ranges; numpy numbers become Python ones), so one that exists
 is valid; what depends on the model (steps against its schedule, sizes it can sample, memory) is
@@ -106,6 +106,7 @@ class Limits:
     max_phrases: int = 100  # phrases in one matrix: N(N-1)/2 pairs are scored (100 phrases: 4,950 pairs)
     max_candidates: int = 1000  # candidates ranked against one query
     max_stages: int = 64  # morph stages (frames of the morph)
+    max_words: int | None = 16  # words in one prompt of an explanation (each left out is one more trajectory)
     max_steps: int | None = None
     max_samples: int | None = None
     max_size: int | None = None  # image side in pixels

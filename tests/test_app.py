@@ -17,6 +17,7 @@ from PIL import Image
 import conjure
 
 from conjure import app_handlers as h, validation
+from conjure.attribution import check_explain
 from conjure.errors import ConjureError
 from conjure.settings import SEED_MAX, Settings
 
@@ -245,11 +246,16 @@ class BrokenModel:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
 
-@pytest.mark.parametrize("failure, message", [("nan", "NaN"), ("oom", "out of memory")])
-def test_run_reports_nan_and_out_of_memory(monkeypatch, failure, message):
+def serve_broken_emoji(monkeypatch, failure: str) -> None:
+    """The app's model cache, with a BrokenModel for "emoji" (monkeypatch.undo() restores the cache)."""
     broken = h.ModelCache()
     broken._models["emoji"] = BrokenModel(h.MODELS.get("emoji"), failure)
     monkeypatch.setattr(h, "MODELS", broken)
+
+
+@pytest.mark.parametrize("failure, message", [("nan", "NaN"), ("oom", "out of memory")])
+def test_run_reports_nan_and_out_of_memory(monkeypatch, failure, message):
+    serve_broken_emoji(monkeypatch, failure)
     with pytest.raises(gr.Error, match=message):
         list(run(steps=2))
     monkeypatch.undo()
@@ -430,9 +436,7 @@ def test_run_matrix_reports_bad_input_as_a_message():
 
 @pytest.mark.parametrize("failure, message", [("nan", "NaN"), ("oom", "out of memory")])
 def test_run_matrix_reports_nan_and_out_of_memory(monkeypatch, failure, message):
-    broken = h.ModelCache()
-    broken._models["emoji"] = BrokenModel(h.MODELS.get("emoji"), failure)
-    monkeypatch.setattr(h, "MODELS", broken)
+    serve_broken_emoji(monkeypatch, failure)
     with pytest.raises(gr.Error, match=message):
         list(run_matrix("sun\nmoon", steps=2))
     monkeypatch.undo()
@@ -596,3 +600,41 @@ def test_run_explain_shows_each_word_highlighted_its_maps_and_the_images_without
 def test_run_explain_reports_bad_input_as_a_message(text_a, message):
     with pytest.raises(gr.Error, match=message):
         list(h.run_explain(text_a, "cat", SMALL["model"], 2, 1, 1.0, 0, 0))
+
+
+def test_the_word_limit_comes_from_the_environment_and_never_passes_the_librarys(monkeypatch):
+    monkeypatch.setenv("CONJURE_MAX_WORDS", "2")
+    with pytest.raises(gr.Error, match="prompt A has 3 words; explain takes at most 2"):
+        list(h.run_explain("a black horse", "cat", SMALL["model"], 2, 1, 1.0, 0, 0))
+    monkeypatch.setenv("CONJURE_MAX_WORDS", "1000")
+    assert h.app_limits().max_words == conjure.LIMITS.max_words
+
+
+@pytest.mark.parametrize("failure, message", [("nan", "NaN"), ("oom", "out of memory: try a smaller image size")])
+def test_run_explain_reports_nan_and_out_of_memory(monkeypatch, failure, message):
+    serve_broken_emoji(monkeypatch, failure)
+    with pytest.raises(gr.Error, match=message):
+        list(h.run_explain("a cat", "dog", "emoji", 2, 1, 1.0, 0, 0))
+    monkeypatch.undo()
+    assert list(h.run_explain("a cat", "dog", "emoji", 1, 1, 1.0, 0, 0))[-1][WOUT["why_details"]]  # still serving
+
+
+def test_the_explain_device_function_passes_only_plain_data():
+    model = h.MODELS.get("emoji")
+    leave_out, run = check_explain(model, "a cat", "dog", Settings(steps=2, samples=2, seed=1))
+    assert_plain_data(run)  # what the handler hands it
+    [e] = list(h.explain_on_device("emoji", "a cat", "dog", run, leave_out))
+    assert_plain_data(e, "explanation")
+    assert [w.word for w in e.words_a] == ["a", "cat"] and e.settings["samples"] == 2
+
+
+def test_raw_http_calls_to_explain_fill_the_inputs_left_out_and_get_the_clear_message(served, capfd):
+    kind, payload = call_api(served, "explain", ["sun"])  # prompt B left out: its box's value, empty
+    assert kind == "error" and payload["error"].startswith("prompt B is empty"), payload
+    kind, payload = call_api(served, "explain", [" ".join(["dog"] * 17), "cat"])
+    assert kind == "error" and payload["error"].startswith("prompt A has 17 words"), payload
+    kind, payload = call_api(served, "explain", ["sun", "moon", "emoji", 2])  # the rest: the sliders' defaults
+    assert kind == "complete", payload
+    details = payload[WOUT["why_details"]]
+    assert details["settings"]["steps"] == 2 and details["settings"]["guidance"] == h.DEFAULTS["guidance"]
+    assert [w["word"] for w in details["words_a"]] == ["sun"] and "Traceback" not in capfd.readouterr().err

@@ -133,9 +133,15 @@ def test_explain_masks_on_the_embedded_model_by_default(emoji):
     assert e.words_a[1].map.sum() == pytest.approx(e.words_a[1].contribution, rel=1e-4, abs=1e-6)
 
 
-def test_sixteen_words_are_accepted(words_model):
+def test_sixteen_words_are_accepted_and_the_limit_is_the_callers(words_model):
     e = conjure.explain(words_model, " ".join(["a"] * 16), "dog", steps=1, images=False)
     assert len(e.words_a) == 16 and all(w.without == " ".join(["a"] * 15) for w in e.words_a)
+    assert conjure.LIMITS.max_words == 16
+    wider = conjure.explain(words_model, " ".join(["a"] * 17), "dog", steps=1, images=False,
+                            limits=conjure.Limits(max_words=20))
+    assert len(wider.words_a) == 17
+    with pytest.raises(conjure.ConjureError, match="prompt B has 2 words; explain takes at most 1"):
+        conjure.explain(words_model, "dog", "a cat", steps=1, limits=conjure.Limits(max_words=1))
 
 
 def test_to_dict_is_the_json_contract(words_model):

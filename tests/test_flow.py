@@ -177,6 +177,17 @@ def test_flow_identical_prompts_give_zero_and_swapping_prompts_swaps_the_kls(flo
     assert ab.per_step["timestep"] == flow_model.sampler_timesteps(3)
 
 
+def test_explain_leaves_words_out_of_flow_prompts_under_guidance(flow_model):
+    """conjure.explain on a flow model: words removed from the text, the empty prompt as a null row, guidance as
+    a branch or (Flux-dev) an input of every row; each variant's divergence is the pair's own score."""
+    e = conjure.explain(flow_model, "a cat", "dog", steps=2, guidance=3.5, images=False)
+    assert e.leave_out == "remove" and [w.without for w in e.words_a] == ["cat", "a"] and e.words_b[0].without == ""
+    score = conjure.score(flow_model, "a cat", "dog", steps=2, guidance=3.5).jeffreys
+    assert e.jeffreys == pytest.approx(score, rel=1e-4)
+    without_a = conjure.score(flow_model, "cat", "dog", steps=2, guidance=3.5).jeffreys
+    assert e.words_a[0].contribution == pytest.approx(score - without_a, rel=1e-3, abs=1e-6)
+
+
 @pytest.mark.parametrize("shift", [1.0, 3.0])
 def test_flow_gaussian_converges_to_the_closed_form(shift):
     """The closed-form check of tests/test_estimator.py through a flow-parameterised analytic model: the

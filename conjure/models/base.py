@@ -6,11 +6,13 @@ is one small adapter (`pixel.py`, `stable_diffusion.py`, `flow.py`). Models that
 epsilon inside `predict_noise`, so the estimator's math is written once, in epsilon; rectified-flow
 models (SD3, Flux) convert their states, times and velocities too (`flow.py`).
 
-Two optional members, read where present (`conjure.sampler`):
+Optional members, read where present (`conjure.sampler`, `conjure.attribution`):
     sampler_timesteps(steps, size) -> list[int]   the timesteps to visit, when the scheduler config's
                                                   spacing is not enough (flow models' size-dependent shift)
     takes_guidance: bool                          guidance-distilled (Flux-dev): the guidance scale is an
                                                   input, each conditioning row's "guidance"; no null branch
+    encode_masked(words) -> Conditioning          one row per word: the prompt with that word's tokens
+                                                  masked, how `conjure.explain` leaves a word out (pixel.py)
 """
 
 from __future__ import annotations
