@@ -63,13 +63,16 @@ def difference_map(difference: np.ndarray, under: np.ndarray | None = None, opac
     d = np.nan_to_num(np.asarray(difference, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     peak = float(d.max()) if d.size else 0.0
     heat = HEAT_LUT[np.clip(d / peak * 255, 0, 255).astype(np.uint8) if peak > 0 else np.zeros(d.shape, np.uint8)]
-    if under is None:
-        return heat
+    return heat if under is None else laid_over(heat, under, opacity)
+
+
+def laid_over(colour: np.ndarray, under: np.ndarray, opacity: float) -> np.ndarray:
+    """A coloured map (uint8 HWC) resized to `under` and laid over a grey copy of it, at `opacity`."""
     h, w = under.shape[:2]
-    if heat.shape[:2] != (h, w):
-        heat = np.asarray(Image.fromarray(heat).resize((w, h), Image.BILINEAR))
+    if colour.shape[:2] != (h, w):
+        colour = np.asarray(Image.fromarray(colour).resize((w, h), Image.BILINEAR))
     grey = under.astype(np.float32).mean(axis=2, keepdims=True)
-    return (opacity * heat + (1 - opacity) * grey).round().astype(np.uint8)
+    return (opacity * colour + (1 - opacity) * grey).round().astype(np.uint8)
 
 
 # A word's contribution map (conjure.explain): red where it pushes the prompts apart, purple where it pulls them
@@ -91,13 +94,7 @@ def contribution_map(values: np.ndarray, under: np.ndarray | None = None, peak: 
     colour = np.where(t >= 0, paper + t * (np.array(PUSHES_APART, np.float32) - paper),
                       paper - t * (np.array(PULLS_TOGETHER, np.float32) - paper))
     colour = colour.round().astype(np.uint8)
-    if under is None:
-        return colour
-    h, w = under.shape[:2]
-    if colour.shape[:2] != (h, w):
-        colour = np.asarray(Image.fromarray(colour).resize((w, h), Image.BILINEAR))
-    grey = under.astype(np.float32).mean(axis=2, keepdims=True)
-    return (opacity * colour + (1 - opacity) * grey).round().astype(np.uint8)
+    return colour if under is None else laid_over(colour, under, opacity)
 
 
 def fit_text(text: str, size: int, width: int) -> str:

@@ -65,6 +65,16 @@ def set_slider(page, elem_id: str, value: int):
                 raise
 
 
+def start_run(page, text_a: str, text_b: str, **sliders: int):
+    """Type the two prompts, set the Advanced sliders (elem id: value, in this order) and press Run."""
+    page.locator("#prompt-a textarea").fill(text_a)
+    page.locator("#prompt-b textarea").fill(text_b)
+    page.get_by_text("Advanced").click()
+    for elem_id, value in sliders.items():
+        set_slider(page, elem_id, value)
+    page.locator("#run").click()
+
+
 def current_step(page) -> int:
     text = page.locator("#status").inner_text()
     return int(text.split("Step ", 1)[1].split("/", 1)[0]) if "Step " in text else 0
@@ -80,12 +90,7 @@ def wait_for_step(page, step: int, timeout: float = 120.0):
 
 def test_stop_cancels_the_run_within_a_step(page):
     steps = 50
-    page.locator("#prompt-a textarea").fill("sun")
-    page.locator("#prompt-b textarea").fill("crescent moon")
-    page.get_by_text("Advanced").click()
-    set_slider(page, "steps", steps)
-    set_slider(page, "samples", 8)  # slow steps, so the run cannot finish before Stop lands
-    page.locator("#run").click()
+    start_run(page, "sun", "crescent moon", steps=steps, samples=8)  # slow steps: Stop lands before the end
     wait_for_step(page, 2)
     started = time.perf_counter()
     wait_for_step(page, 4)
@@ -126,25 +131,14 @@ def test_a_browser_run_starts_after_the_server_served_the_api(page):
             break
     assert client.predict("sun", "moon", api_name="/conjure", steps=2, stages=2)[6]["jeffreys"] > 0
 
-    page.locator("#prompt-a textarea").fill("red apple")
-    page.locator("#prompt-b textarea").fill("green apple")
-    page.get_by_text("Advanced").click()
-    set_slider(page, "steps", 2)
-    set_slider(page, "stages", 2)
-    page.locator("#run").click()
+    start_run(page, "red apple", "green apple", steps=2, stages=2)
     page.get_by_text("Done: Jeffreys divergence").first.wait_for(timeout=120_000)
 
 
 def test_type_run_watch_and_download(page, tmp_path):
     steps = int(os.environ.get("CONJURE_BROWSER_STEPS", "4"))
     stages = int(os.environ.get("CONJURE_BROWSER_STAGES", "4"))
-    page.locator("#prompt-a textarea").fill("snow leopard")
-    page.locator("#prompt-b textarea").fill("bengal tiger")
-    page.get_by_text("Advanced").click()
-    set_slider(page, "steps", steps)
-    set_slider(page, "samples", 1)
-    set_slider(page, "stages", stages)
-    page.locator("#run").click()
+    start_run(page, "snow leopard", "bengal tiger", steps=steps, samples=1, stages=stages)
 
     # The live plot is drawn (Vega renders into the #plot block) and the run finishes with a score.
     page.locator("#plot canvas, #plot svg.marks").first.wait_for(timeout=120_000)
@@ -221,12 +215,7 @@ def test_the_why_panel_explains_a_run(page, tmp_path):
     """After a run, Explain highlights each prompt's words by contribution and draws each word's map; the per-step
     plot's x axis shows whole steps only. CONJURE_UPDATE_DOCS=1 saves the panel to docs/app-explain-screenshot.png."""
     steps = int(os.environ.get("CONJURE_BROWSER_STEPS", "4"))
-    page.locator("#prompt-a textarea").fill("a tiger on fire")
-    page.locator("#prompt-b textarea").fill("a lion in the snow")
-    page.get_by_text("Advanced").click()
-    set_slider(page, "steps", steps)
-    set_slider(page, "stages", 2)
-    page.locator("#run").click()
+    start_run(page, "a tiger on fire", "a lion in the snow", steps=steps, stages=2)
     page.get_by_text("Done: Jeffreys divergence").first.wait_for(timeout=240_000)
 
     # Vega draws the plot as SVG: the x axis's tick labels are whole steps, every step of the run.
