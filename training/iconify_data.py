@@ -25,11 +25,9 @@ Output: the base's format (`images.npz`, `concepts.json`, `manifest.json`), whic
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import re
-import subprocess
 import tarfile
 from collections import defaultdict
 from pathlib import Path
@@ -110,18 +108,7 @@ RENDER_SIZE = emoji_data.RENDER_SIZE
 def fetch(name: str, folder: Path) -> Path:
     """The pinned tarball of `@iconify-json/<name>`, packed by npm unless already there; sha256-checked."""
     version, sha256, _ = ICONIFY_SETS[name]
-    path = folder / f"iconify-json-{name}-{version}.tgz"
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        try:
-            subprocess.run(["npm", "pack", f"@iconify-json/{name}@{version}", "--pack-destination", str(folder)],
-                           check=True, stdout=subprocess.DEVNULL)
-        except FileNotFoundError:
-            raise SystemExit("npm is needed to fetch the training data (apt-get install npm)") from None
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != sha256:
-        raise SystemExit(f"{path}: sha256 {digest} is not the pinned {sha256}; delete it and run again")
-    return path
+    return emoji_data.fetch_pinned(f"@iconify-json/{name}", version, sha256, folder)
 
 
 def read_set(path: Path) -> tuple[dict, dict[str, str], dict]:
@@ -285,11 +272,10 @@ def build(base_folder: Path, folder: Path, npm_cache: Path, size: int = 32, sets
         path = fetch(name, npm_cache)
         icons, chars, info = read_set(path)
         styles.append(name if name not in styles else f"{name} (Iconify)")  # the base has an "openmoji" style
-        version = ICONIFY_SETS[name][0]
-        packages[name] = {"package": f"@iconify-json/{name}", "version": version,
-                          "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
-        licences[name] = (f"{info['name']} (@iconify-json/{name} {version}), {info['license']['title']}, "
-                          f"by {info['author']['name']}" + (f", {info['author']['url']}" if info['author'].get('url') else ""))
+        version, sha256, _ = ICONIFY_SETS[name]
+        packages[name] = {"package": f"@iconify-json/{name}", "version": version, "sha256": sha256}
+        author = info["author"]["name"] + (f", {info['author']['url']}" if info["author"].get("url") else "")
+        licences[name] = f"{info['name']} (@iconify-json/{name} {version}), {info['license']['title']}, by {author}"
         for icon, index in tqdm(pictures_of_set(name, icons, chars, concepts), desc=name):
             picture = rasterise(svg_of(icons, icon), size)
             if picture is None:
