@@ -10,6 +10,8 @@ from app_server import running_app
 gradio_client = pytest.importorskip("gradio_client")
 pytestmark = pytest.mark.slow  # launches the app
 
+from conjure.app_handlers import PLOT_AXIS  # noqa: E402  (after the skip: it imports gradio)
+
 OUTPUTS = ("image_a", "image_b", "difference", "plot", "status", "result", "details",
            "morph_gif", "trajectory_gif", "morph_download", "trajectory_download", "morph_mp4", "trajectory_mp4")
 OUT = {name: i for i, name in enumerate(OUTPUTS)}
@@ -34,6 +36,20 @@ def plot_data(value):
     return value["value"] if "value" in value else value
 
 
+def plot_rows(plot) -> list[tuple[str, str]]:
+    """(step, curve) of each row of the plot's data."""
+    step, curve = plot["columns"].index("step"), plot["columns"].index("curve")
+    return [(str(row[step]), row[curve]) for row in plot["data"]]
+
+
+def curve_points(plot) -> list[tuple[str, str]]:
+    return [(step, curve) for step, curve in plot_rows(plot) if curve != PLOT_AXIS]
+
+
+def axis_steps(plot) -> list[str]:
+    return [step for step, curve in plot_rows(plot) if curve == PLOT_AXIS]
+
+
 def test_api_needs_only_the_two_prompts(client):
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/conjure"]
     params = api["parameters"]
@@ -54,14 +70,16 @@ def test_api_streams_steps_in_order_and_ends_with_animated_gifs(client):
     step_numbers = [int(re.match(r"\*\*Step (\d+)/", o[OUT["status"]]).group(1)) for o in step_outputs]
     assert step_numbers == list(range(1, steps + 1))
     plots = [plot_data(o[OUT["plot"]]) for o in step_outputs]
-    assert [len(p["data"]) for p in plots] == [2 * i for i in range(1, steps + 1)]  # 2 curves, one point per step
+    # 2 curves, one point per step so far; and the transparent axis series holds every step from the first frame
+    assert [len(curve_points(p)) for p in plots] == [2 * i for i in range(1, steps + 1)]
+    assert all(sorted(axis_steps(p), key=int) == [str(i) for i in range(1, steps + 1)] for p in plots)
     for o in step_outputs:
         with Image.open(file_path(o[OUT["image_a"]])) as a, Image.open(file_path(o[OUT["image_b"]])) as b:
             assert a.size == b.size == (32, 32)
 
     # The final result is complete on its own: the score, the baseline, the plot and the files.
     assert final[OUT["details"]]["jeffreys"] > 0 and -1 <= final[OUT["details"]]["text_similarity"] <= 1
-    assert len(plot_data(final[OUT["plot"]])["data"]) == 2 * steps
+    assert len(curve_points(plot_data(final[OUT["plot"]]))) == 2 * steps
 
     # The score comes before the GIFs, and the GIFs come last.
     assert any(isinstance(o[OUT["result"]], str) and "Jeffreys divergence" in o[OUT["result"]] for o in outputs)
