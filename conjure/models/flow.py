@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from conjure.errors import ConjureError
-from conjure.models.base import Conditioning, to_uint8
-from conjure.models.stable_diffusion import warn_if_truncated
+from conjure.models.base import Conditioning
+from conjure.models.stable_diffusion import decode_latents, preview_latents, warn_if_truncated
 from conjure.text import prepare
 
 GRID = 10_000  # the sampler's timestep i stands for flow time t = (i + 1) / GRID
@@ -189,19 +189,11 @@ class DiffusersFlowModel(FlowMatchingModel):
     def text_embedding(self, prompts: list[str]) -> torch.Tensor:
         return self.encode(prompts).tensors["pooled"].float().cpu()
 
-    @torch.no_grad()
     def preview(self, x0: torch.Tensor) -> np.ndarray:
-        rgb = torch.einsum("bchw,cr->brhw", x0.float().cpu(), self.latent_rgb) + self.latent_rgb_bias.view(1, 3, 1, 1)
-        return to_uint8(rgb)
+        return preview_latents(x0, self.latent_rgb, self.latent_rgb_bias)
 
-    @torch.no_grad()
     def decode(self, x0: torch.Tensor) -> np.ndarray:
-        vae = self.pipe.vae
-        dtype = torch.float32 if getattr(vae.config, "force_upcast", False) else vae.dtype
-        if vae.dtype != dtype:
-            vae.to(dtype)
-        latents = x0.to(self.device, dtype) / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
-        return to_uint8(vae.decode(latents).sample)
+        return decode_latents(self.pipe.vae, x0, self.device)
 
 
 class StableDiffusion3Model(DiffusersFlowModel):

@@ -100,19 +100,29 @@ class StableDiffusionModel:
         return to_epsilon(self.prediction_type, x.float(), out, abar)
 
     # --- images -------------------------------------------------------------------
-    @torch.no_grad()
     def preview(self, x0: torch.Tensor) -> np.ndarray:
-        rgb = torch.einsum("bchw,cr->brhw", x0.float().cpu(), self.latent_rgb) + self.latent_rgb_bias.view(1, 3, 1, 1)
-        return to_uint8(rgb)
+        return preview_latents(x0, self.latent_rgb, self.latent_rgb_bias)
 
-    @torch.no_grad()
     def decode(self, x0: torch.Tensor) -> np.ndarray:
-        vae = self.pipe.vae
-        dtype = torch.float32 if getattr(vae.config, "force_upcast", False) else vae.dtype
-        if vae.dtype != dtype:
-            vae.to(dtype)
-        images = vae.decode(x0.to(self.device, dtype) / vae.config.scaling_factor).sample
-        return to_uint8(images)
+        return decode_latents(self.pipe.vae, x0, self.device)
+
+
+@torch.no_grad()
+def preview_latents(x0: torch.Tensor, latent_rgb: torch.Tensor, latent_rgb_bias: torch.Tensor) -> np.ndarray:
+    """A cheap picture of latents for the live view: a linear map of their channels to RGB, no VAE."""
+    rgb = torch.einsum("bchw,cr->brhw", x0.float().cpu(), latent_rgb) + latent_rgb_bias.view(1, 3, 1, 1)
+    return to_uint8(rgb)
+
+
+@torch.no_grad()
+def decode_latents(vae, x0: torch.Tensor, device) -> np.ndarray:
+    """The VAE's pictures of latents x0; in float32 where the VAE asks to be upcast. SD3's and Flux's VAEs also
+    shift their latents (`shift_factor`); SD 1.x/2.x/XL's have none."""
+    dtype = torch.float32 if getattr(vae.config, "force_upcast", False) else vae.dtype
+    if vae.dtype != dtype:
+        vae.to(dtype)
+    latents = x0.to(device, dtype) / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
+    return to_uint8(vae.decode(latents).sample)
 
 
 class StableDiffusionXLModel(StableDiffusionModel):
