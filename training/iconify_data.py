@@ -271,11 +271,12 @@ def build(base_folder: Path, folder: Path, npm_cache: Path, size: int = 32, sets
     for name in sets or ICONIFY_SETS:
         path = fetch(name, npm_cache)
         icons, chars, info = read_set(path)
-        styles.append(name if name not in styles else f"{name} (Iconify)")  # the base has an "openmoji" style
+        style = name if name not in styles else f"{name} (Iconify)"  # the base has an "openmoji" style
+        styles.append(style)
         version, sha256, _ = ICONIFY_SETS[name]
-        packages[name] = {"package": f"@iconify-json/{name}", "version": version, "sha256": sha256}
+        packages[style] = {"package": f"@iconify-json/{name}", "version": version, "sha256": sha256}
         author = info["author"]["name"] + (f", {info['author']['url']}" if info["author"].get("url") else "")
-        licences[name] = f"{info['name']} (@iconify-json/{name} {version}), {info['license']['title']}, by {author}"
+        licences[style] = f"{info['name']} (@iconify-json/{name} {version}), {info['license']['title']}, by {author}"
         for icon, index in tqdm(pictures_of_set(name, icons, chars, concepts), desc=name):
             picture = rasterise(svg_of(icons, icon), size)
             if picture is None:
