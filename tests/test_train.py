@@ -120,3 +120,14 @@ def test_captions_from_cldr_and_datasource_names():
     assert emoji_data.datasource_names({"name": "FATHER CHRISTMAS", "short_names": ["santa", "flag-eg", "+1"]}) == [
         "father christmas", "santa"]
     assert emoji_data.captions_for(["owl"])[:3] == ["owl", "an owl", "an emoji of an owl"]
+
+
+def test_reweighing_styles_gives_the_chosen_styles_their_share_and_keeps_proportions():
+    weights = torch.tensor([0.1, 0.3, 0.2, 0.4])
+    style_of = torch.tensor([0, 1, 2, 2])
+    out = train.reweigh_styles(weights, style_of, ["openmoji", "mdi", "game-icons"], ("mdi", "game-icons"), 0.25)
+    assert torch.isclose(out.sum(), torch.tensor(1.0, dtype=out.dtype))
+    assert torch.isclose(out[1:].sum(), torch.tensor(0.25, dtype=out.dtype))  # mdi and game-icons together
+    assert torch.isclose(out[3] / out[2], torch.tensor(2.0, dtype=out.dtype))  # proportions within the group
+    with pytest.raises(SystemExit):  # no image of the chosen styles to give a share to
+        train.reweigh_styles(weights, torch.zeros(4, dtype=torch.long), ["openmoji"], ("mdi",), 0.25)

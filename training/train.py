@@ -118,6 +118,26 @@ def image_weights(concepts: list[dict], concept_of: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(per_image / per_image.sum())
 
 
+# Sets drawn in one colour (black on white). Drawn as often as their many concepts ask, they turn every sample
+# into a silhouette (the v3 run at step 19,006: 56% of each batch), so `--monochrome-share` caps them.
+MONOCHROME_STYLES = ("game-icons", "mdi", "icon-park", "healthicons", "fluent-emoji-high-contrast")
+
+
+def reweigh_styles(weights: torch.Tensor, style_of: torch.Tensor, styles: list[str], chosen: tuple[str, ...],
+                   share: float) -> torch.Tensor:
+    """Sampling weights with the images of the `chosen` styles taking `share` of every batch in all; within
+    each group (chosen, the rest) the weights keep their proportions."""
+    mask = torch.tensor([styles[i] in chosen for i in style_of.tolist()])
+    if not 0 <= share <= 1 or (share > 0 and not mask.any()) or (share < 1 and mask.all()):
+        raise SystemExit(f"cannot give {share:g} of each batch to {', '.join(chosen)} in this dataset")
+    out = weights.clone().double()
+    if mask.any():
+        out[mask] *= share / out[mask].sum()
+    if (~mask).any():
+        out[~mask] *= (1 - share) / out[~mask].sum()
+    return out
+
+
 def load_dataset(cache: Path, data_folder: Path):
     """Images (N,3,H,W) in [-1,1], caption embeddings, and for each image the indices of its captions."""
     if cache.exists():
@@ -381,6 +401,10 @@ def train(args):
     run.mkdir(parents=True, exist_ok=True)
     data = load_dataset(Path(args.dataset_cache) if args.dataset_cache else run / "dataset.pt", Path(args.data))
     print(f"{len(data['images'])} images, {len(data['captions'])} captions")
+    if args.monochrome_share is not None:
+        data["weights"] = reweigh_styles(data["weights"], data["style"], data["manifest"]["styles"],
+                                         MONOCHROME_STYLES, args.monochrome_share)
+        print(f"monochrome sets: {args.monochrome_share:.0%} of each batch")
 
     torch.manual_seed(args.seed)
     # Default (contiguous) memory layout: channels-last measured slower here (bench/bench_train.py).
@@ -526,6 +550,9 @@ def main(argv=None):
     p.add_argument("--layers-per-block", type=int, default=1)
     p.add_argument("--attention-levels", type=lambda v: [int(x) for x in v.split(",")], default=[1],
                    help="UNet levels (0: full size, 1: half, 2: quarter) with cross-attention to the caption, e.g. 1,2")
+    p.add_argument("--monochrome-share", type=float, default=None,
+                   help="share of each batch drawn from the one-colour icon sets (MONOCHROME_STYLES); default: "
+                        "as many as their concepts ask")
     p.add_argument("--eval-every", type=int, default=500, help="steps between validation losses (0: none)")
     p.add_argument("--eval-size", type=int, default=512, help="images in the fixed validation batch")
     p.add_argument("--dataset-cache", default=None, help="encoded dataset file (default RUN/dataset.pt)")
