@@ -401,6 +401,8 @@ def train(args):
     run.mkdir(parents=True, exist_ok=True)
     data = load_dataset(Path(args.dataset_cache) if args.dataset_cache else run / "dataset.pt", Path(args.data))
     print(f"{len(data['images'])} images, {len(data['captions'])} captions")
+    # Drawn before any reweighing, so the validation loss compares across runs whatever their batch mix.
+    val_batch = validation_batch(data, args.eval_size) if args.eval_every else None
     if args.monochrome_share is not None:
         data["weights"] = reweigh_styles(data["weights"], data["style"], data["manifest"]["styles"],
                                          MONOCHROME_STYLES, args.monochrome_share)
@@ -459,7 +461,6 @@ def train(args):
     per_style = manifest["images_per_style"]
     data_label = (", ".join(f"{n:,} {s}" for s, n in per_style.items()) + " images" if len(per_style) <= 3 else
                   f"{manifest['images']:,} images of {manifest['concepts']:,} concepts in {len(per_style)} styles")
-    val_batch = validation_batch(data, args.eval_size) if args.eval_every else None
     bar = tqdm(initial=step, total=args.steps, desc="training", dynamic_ncols=True)
     unet.train()
 
@@ -467,7 +468,8 @@ def train(args):
         save_atomic(
             {"unet": unet.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
              "generator": generator.get_state(), "step": step, "seconds": seconds, "log": log,
-             "pooled_scale": POOLED_SCALE, "history": history, "val_log": val_log, "unet_config": dict(unet.config), "args": vars(args)},
+             "pooled_scale": POOLED_SCALE, "history": history, "val_log": val_log, "unet_config": dict(unet.config),
+             "args": vars(args)},
             ckpt,
         )
         if args.export:
