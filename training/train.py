@@ -457,7 +457,9 @@ def train(args):
     deadline = time.time() + args.hours * 3600 - seconds if args.hours else math.inf
     run_start = {"step": history[-1]["to_step"] if history else 0,
                  "hours": sum(h["hours"] for h in history)}  # where this run's row of the history begins
-    manifest = data.get("manifest") or {"images": len(data["images"]), "images_per_style": {"openmoji": len(data["images"])}}
+    manifest_file = Path(args.data) / "manifest.json"  # read afresh: the cache's copy may predate a fix to it
+    manifest = (json.loads(manifest_file.read_text()) if manifest_file.exists() else data.get("manifest")) or {
+        "images": len(data["images"]), "images_per_style": {"openmoji": len(data["images"])}}
     per_style = manifest["images_per_style"]
     data_label = (", ".join(f"{n:,} {s}" for s, n in per_style.items()) + " images" if len(per_style) <= 3 else
                   f"{manifest['images']:,} images of {manifest['concepts']:,} concepts in {len(per_style)} styles")
