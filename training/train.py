@@ -444,7 +444,8 @@ def train(args):
         history = state.get("history", [])
         pooled_scale = state.get("pooled_scale", 1.0)
         print(f"resumed at step {step} ({seconds / 3600:.2f} h trained)")
-        changed = {k: (v, unet.config[k]) for k, v in state.get("unet_config", {}).items() if unet.config.get(k) != v}
+        changed = {k: (v, unet.config[k]) for k, v in state.get("unet_config", {}).items()
+                   if not k.startswith("_") and unet.config.get(k) != v}  # "_..." is diffusers bookkeeping
         if changed:  # same weight shapes, different function (e.g. the attention head count)
             print(f"architecture changed since the checkpoint (old, new): {changed}")
     if pooled_scale != POOLED_SCALE:  # weights from before the pooled embedding was rescaled
