@@ -14,14 +14,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from app_server import ROOT, running_app
+from app_server import CHROMIUM, CHROMIUM_FLAGS, ROOT, running_app, timed_run
 
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = os.environ.get("CONJURE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +26,7 @@ def browser():
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium chromium-driver (.ci/run does)")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         yield browser
         browser.close()
 
@@ -179,6 +176,17 @@ def test_type_run_watch_and_download(page, tmp_path):
         shutil.copy(shot, ROOT / "docs" / "app-screenshot.png")
         for path in saved.values():
             shutil.copy(path, ROOT / "docs" / path.name.replace("snow-leopard-vs-bengal-tiger", "example"))
+
+
+def test_a_run_at_the_defaults_shows_its_first_frame_then_the_result(page):
+    """What a visitor waits for at the app's default settings, printed for the log; the benchmark, with repeats
+    and a reference measured in the same run, is bench/bench_app.py. Asserts the order, not the times."""
+    first_frame, complete = timed_run(page, "snow leopard", "bengal tiger")
+    print(f"\nat the app's defaults (this server: one thread): first frame {first_frame:.2f} s after Run, "
+          f"complete result (score, GIFs, MP4s) {complete:.2f} s")
+    assert 0 < first_frame < complete
+    assert "Jeffreys divergence" in page.locator("#result").inner_text()
+    assert "Step " not in page.locator("#status").inner_text()  # the final status replaced the progress line
 
 
 def test_compare_many_tab(page, tmp_path):
