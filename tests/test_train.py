@@ -87,6 +87,7 @@ def test_training_checkpoints_resumes_and_exports_a_loadable_model(tiny_run):
 
     meta = json.loads((tiny_run / "model" / "conjure.json").read_text())
     assert meta["training"]["steps"] == 3 and meta["pooled_scale"] == train.POOLED_SCALE
+    assert meta["training"]["command"].endswith("--checkpoint-every 1 --steps 3")  # the whole command, to rerun
     card = (tiny_run / "model" / "README.md").read_text()
     assert "CC BY-SA 4.0" in card and "Twemoji" in card and "| 0–3 |" in card  # one history row: this run
     assert meta["training"]["history"] == [{**meta["training"]["history"][0], "from_step": 0, "to_step": 3}]

@@ -18,7 +18,9 @@ import json
 import math
 import os
 import shutil
+import shlex
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -484,8 +486,7 @@ def train(args):
                     "final_loss": round(float(np.mean([l for _, l in log[-100:]])), 5) if log else None,
                     "hardware": f"{os.cpu_count()}-core CPU, torch {torch.__version__}, {args.threads} threads"
                                 + (", bf16 autocast" if args.bf16 else ""),
-                    "command": "python -m training.train " + " ".join(
-                        f"--{k.replace('_', '-')} {v}" for k, v in (("run", args.run), ("export", args.export)))}
+                    "command": "python -m training.train " + shlex.join(args.argv)}  # this session's, in full
             card["history"] = history + [{
                 "from_step": run_start["step"], "to_step": step, "hours": round(seconds / 3600 - run_start["hours"], 3),
                 "final_loss": card["final_loss"], "data": data_label}]
@@ -566,7 +567,9 @@ def main(argv=None):
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                    help="bfloat16 autocast for the UNet's forward pass (float32 weights)")
     p.add_argument("--seed", type=int, default=0)
-    train(p.parse_args(argv))
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the model card
+    train(args)
 
 
 if __name__ == "__main__":
