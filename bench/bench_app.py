@@ -34,11 +34,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from app_server import CHROMIUM, CHROMIUM_FLAGS, launch_app, timed_run  # noqa: E402
 
+from conjure import app_handlers  # noqa: E402
+
 
 def handler_run(text_a: str, text_b: str) -> tuple[float, float]:
     """Seconds to the Run handler's first yield with images, and to its last yield (files written)."""
-    from conjure import app_handlers
-
     image_a = app_handlers.OUTPUTS.index("image_a")
     started, first_frame = time.perf_counter(), None
     for outputs in app_handlers.run_conjure(text_a, text_b):
@@ -57,8 +57,6 @@ def main() -> None:
     p.add_argument("--pair", nargs=2, default=["snow leopard", "bengal tiger"], metavar=("A", "B"))
     args = p.parse_args()
     from playwright.sync_api import sync_playwright
-
-    from conjure import app_handlers
 
     url, stop = launch_app()
     times = {"browser": [], "handler": []}
