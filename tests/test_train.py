@@ -26,6 +26,14 @@ def test_loss_weights_move_the_effort_to_the_noisy_steps():
     assert torch.allclose(train.loss_weights(abar, gamma=0, floor=0), torch.ones(1000))  # the plain loss
 
 
+def test_learning_rate_warms_up_holds_and_cools_down_to_zero_at_the_last_step():
+    rate = [train.learning_rate(s, 1e-3, warmup=10, total=100, cooldown=20) for s in range(100)]
+    assert rate[0] == pytest.approx(1e-4) and rate[9] == rate[50] == rate[80] == pytest.approx(1e-3)
+    assert rate[90] == pytest.approx(0.5e-3) and rate[99] == pytest.approx(0.05e-3)  # the last step taken is 99
+    assert all(a >= b for a, b in zip(rate[80:], rate[81:]))
+    assert train.learning_rate(99, 1e-3, warmup=10, total=100, cooldown=0) == 1e-3  # no cool-down: constant
+
+
 def test_rescaling_the_pooled_input_keeps_the_function():
     torch.manual_seed(0)
     unet = train.make_unet(width=32)
