@@ -283,9 +283,9 @@ def save_atomic(obj, path: Path):
 
 
 def learning_rate(step: int, peak: float, warmup: int, total: int, cooldown: int) -> float:
-    """Warm-up, stable, decay: linear ramp over `warmup` steps, then `peak`, then linear to 0 over the last
-    `cooldown` steps before `total` (`--steps`). A long run goes on at the constant rate across sessions and is
-    cooled down once its length is settled: the decay is where most of the gain from lowering the rate shows."""
+    """Warm-up, stable, decay: a linear ramp over `warmup` steps, then `peak`, then a linear fall towards 0 over
+    the last `cooldown` steps before `total` (`--steps`; the last step taken runs at peak / cooldown). A long run
+    goes on at the constant rate across sessions and is cooled down once its length is settled."""
     rate = peak * min(1.0, (step + 1) / warmup)
     if cooldown:
         rate *= min(1.0, (total - step) / cooldown)
