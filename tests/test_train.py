@@ -26,7 +26,7 @@ def test_loss_weights_move_the_effort_to_the_noisy_steps():
     assert torch.allclose(train.loss_weights(abar, gamma=0, floor=0), torch.ones(1000))  # the plain loss
 
 
-def test_learning_rate_warms_up_holds_and_cools_down_to_zero_at_the_last_step():
+def test_learning_rate_warms_up_holds_and_cools_down_towards_zero():
     rate = [train.learning_rate(s, 1e-3, warmup=10, total=100, cooldown=20) for s in range(100)]
     assert rate[0] == pytest.approx(1e-4) and rate[9] == rate[50] == rate[80] == pytest.approx(1e-3)
     assert rate[90] == pytest.approx(0.5e-3) and rate[99] == pytest.approx(0.05e-3)  # the last step taken is 99
