@@ -140,3 +140,34 @@ def test_reweighing_styles_gives_the_chosen_styles_their_share_and_keeps_proport
     assert torch.isclose(out[3] / out[2], torch.tensor(2.0, dtype=out.dtype))  # proportions within the group
     with pytest.raises(SystemExit):  # no image of the chosen styles to give a share to
         train.reweigh_styles(weights, torch.zeros(4, dtype=torch.long), ["openmoji"], ("mdi",), 0.25)
+
+
+def test_monochrome_tag_names_the_style_in_one_colour_captions_and_reuses_cached_encodings(tmp_path, monkeypatch):
+    import numpy as np
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    # two concepts; the tiger drawn in a colour style and a one-colour style, the anchor only in one colour
+    np.savez(folder / "images.npz", images=np.zeros((3, 32, 32, 3), np.uint8), concept=np.array([0, 0, 1]),
+             style=np.array([0, 1, 1]))
+    concepts = [{"char": "🐅", "base": "1F405", "skin_tone": None, "captions": ["tiger", "a tiger"]},
+                {"char": "", "base": "icon:anchor", "skin_tone": None, "captions": ["anchor"]}]
+    (folder / "concepts.json").write_text(json.dumps(concepts))
+    (folder / "manifest.json").write_text(json.dumps({"styles": ["twitter", "game-icons"]}))
+    encoded = []
+    real_encode = train.encode_captions
+    monkeypatch.setattr(train, "encode_captions", lambda captions: encoded.append(captions) or real_encode(captions))
+
+    cache = tmp_path / "dataset.pt"
+    plain = train.load_dataset(cache, folder)
+    assert [plain["captions"][slice(*r)] for r in plain["caption_range"].tolist()] == [
+        ["tiger", "a tiger"], ["tiger", "a tiger"], ["anchor"]]
+
+    tagged = train.load_dataset(cache, folder, "black and white")
+    assert [tagged["captions"][slice(*r)] for r in tagged["caption_range"].tolist()] == [
+        ["tiger", "a tiger"], ["tiger, black and white", "a tiger, black and white"], ["anchor, black and white"]]
+    assert encoded[1] == ["a tiger, black and white", "anchor, black and white", "tiger, black and white"]
+    row = tagged["captions"].index("a tiger")  # taken from the first cache, not encoded again
+    assert torch.equal(tagged["tokens"][row], plain["tokens"][plain["captions"].index("a tiger")])
+    assert train.load_dataset(cache, folder, "black and white")["monochrome_tag"] == "black and white"
+    assert len(encoded) == 2  # the third call read the cache as it was

@@ -121,7 +121,8 @@ def image_weights(concepts: list[dict], concept_of: np.ndarray) -> torch.Tensor:
 
 
 # Sets drawn in one colour (black on white). Drawn as often as their many concepts ask, they turn every sample
-# into a silhouette (the v3 run at step 19,006: 56% of each batch), so `--monochrome-share` caps them.
+# into a silhouette (the v3 run at step 19,006: 56% of each batch), so `--monochrome-share` caps them and
+# `--monochrome-tag` names their style in their captions.
 MONOCHROME_STYLES = ("game-icons", "mdi", "icon-park", "healthicons", "fluent-emoji-high-contrast")
 
 
@@ -140,30 +141,53 @@ def reweigh_styles(weights: torch.Tensor, style_of: torch.Tensor, styles: list[s
     return out
 
 
-def load_dataset(cache: Path, data_folder: Path):
-    """Images (N,3,H,W) in [-1,1], caption embeddings, and for each image the indices of its captions."""
+def monochrome_caption(caption: str, tag: str) -> str:
+    """The caption of a one-colour picture: the style is named, so a prompt that does not name it is not
+    drawn as a black silhouette just because the one-colour sets hold most of the named icons."""
+    return f"{caption}, {tag}"
+
+
+def load_dataset(cache: Path, data_folder: Path, monochrome_tag: str | None = None):
+    """Images (N,3,H,W) in [-1,1], caption embeddings, and for each image the indices of its captions.
+
+    With `monochrome_tag`, the images of MONOCHROME_STYLES get their concept's captions with the tag
+    appended (`monochrome_caption`). A cache built with another tag is rebuilt, reusing the encodings of the
+    captions it already holds, so switching the tag encodes only the new captions.
+    """
+    known = None
     if cache.exists():
-        return torch.load(cache)
+        data = torch.load(cache)
+        if data.get("monochrome_tag") == monochrome_tag:
+            return data
+        known = data
     from training import emoji_data
 
     if not (data_folder / "images.npz").exists():
         raise SystemExit(f"no dataset in {data_folder}: build it first with "
                          f"`python -m training.emoji_data --out {data_folder}`")
     images, concept_of, style_of, concepts = emoji_data.load(data_folder)
-    flat = [NULL_CAPTION] + [c for concept in concepts for c in concept["captions"]]
-    ranges, start = [], 1
-    for concept in concepts:
-        ranges.append((start, start + len(concept["captions"])))
-        start += len(concept["captions"])
-    tokens, masks, pooled = encode_captions(flat)
+    manifest = json.loads((data_folder / "manifest.json").read_text())
+    tagged = np.array([manifest["styles"][s] in MONOCHROME_STYLES for s in style_of]) if monochrome_tag \
+        else np.zeros(len(style_of), dtype=bool)
+    # One block of captions per concept, and a second, tagged one for the concepts drawn in one colour.
+    flat, ranges, tagged_ranges = [NULL_CAPTION], [], {}
+    for c, concept in enumerate(concepts):
+        ranges.append((len(flat), len(flat) + len(concept["captions"])))
+        flat += concept["captions"]
+    for c in sorted(set(concept_of[tagged].tolist())):
+        tagged_ranges[c] = (len(flat), len(flat) + len(concepts[c]["captions"]))
+        flat += [monochrome_caption(caption, monochrome_tag) for caption in concepts[c]["captions"]]
+    tokens, masks, pooled = encode_with_reuse(flat, known)
+    caption_range = torch.tensor([tagged_ranges[c] if t else ranges[c] for c, t in zip(concept_of.tolist(), tagged)])
     data = {
         "images": torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1,
-        "caption_range": torch.tensor(ranges)[torch.from_numpy(concept_of)],
+        "caption_range": caption_range,
         "weights": image_weights(concepts, concept_of),
         "captions": flat,
         "chars": [concepts[c]["char"] for c in concept_of],
         "style": torch.from_numpy(style_of),
-        "manifest": json.loads((data_folder / "manifest.json").read_text()),
+        "manifest": manifest,
+        "monochrome_tag": monochrome_tag,
         "tokens": tokens,
         "masks": masks,
         "pooled": pooled,
@@ -171,6 +195,23 @@ def load_dataset(cache: Path, data_folder: Path):
     cache.parent.mkdir(parents=True, exist_ok=True)
     torch.save(data, cache)
     return data
+
+
+def encode_with_reuse(captions: list[str], known: dict | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`encode_captions`, taking the encodings of captions already in `known` (an older cache) from there."""
+    index = {c: i for i, c in enumerate(known["captions"])} if known else {}
+    missing = sorted({c for c in captions if c not in index})
+    if missing:
+        tokens, masks, pooled = encode_captions(missing)
+        offset = len(index)
+        index.update({c: offset + i for i, c in enumerate(missing)})
+        if known:
+            tokens, masks, pooled = (torch.cat([known[k], new]) for k, new in
+                                     (("tokens", tokens), ("masks", masks), ("pooled", pooled)))
+    else:
+        tokens, masks, pooled = known["tokens"], known["masks"], known["pooled"]
+    rows = torch.tensor([index[c] for c in captions])
+    return tokens[rows], masks[rows], pooled[rows]
 
 
 def sample_batch(data, batch_size: int, caption_dropout: float, generator: torch.Generator):
@@ -411,7 +452,8 @@ def train(args):
     torch.set_num_threads(args.threads)
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
-    data = load_dataset(Path(args.dataset_cache) if args.dataset_cache else run / "dataset.pt", Path(args.data))
+    data = load_dataset(Path(args.dataset_cache) if args.dataset_cache else run / "dataset.pt", Path(args.data),
+                        args.monochrome_tag)
     print(f"{len(data['images'])} images, {len(data['captions'])} captions")
     # Drawn before any reweighing, so the validation loss compares across runs whatever their batch mix.
     val_batch = validation_batch(data, args.eval_size) if args.eval_every else None
@@ -571,6 +613,9 @@ def main(argv=None):
     p.add_argument("--monochrome-share", type=float, default=None,
                    help="share of each batch drawn from the one-colour icon sets (MONOCHROME_STYLES); default: "
                         "as many as their concepts ask")
+    p.add_argument("--monochrome-tag", default=None,
+                   help="words appended to every caption of a one-colour picture (e.g. 'black and white'), so "
+                        "prompts that do not ask for that style stop getting it; changes the dataset cache")
     p.add_argument("--eval-every", type=int, default=500, help="steps between validation losses (0: none)")
     p.add_argument("--eval-size", type=int, default=512, help="images in the fixed validation batch")
     p.add_argument("--dataset-cache", default=None, help="encoded dataset file (default RUN/dataset.pt)")
