@@ -171,3 +171,9 @@ def test_monochrome_tag_names_the_style_in_one_colour_captions_and_reuses_cached
     assert torch.equal(tagged["tokens"][row], plain["tokens"][plain["captions"].index("a tiger")])
     assert train.load_dataset(cache, folder, "black and white")["monochrome_tag"] == "black and white"
     assert len(encoded) == 2  # the third call read the cache as it was
+
+    # scoped to concepts that also have colour pictures: the anchor, drawn only in one colour, keeps its name
+    scoped = train.load_dataset(cache, folder, "black and white", "with-colour")
+    assert [scoped["captions"][slice(*r)] for r in scoped["caption_range"].tolist()] == [
+        ["tiger", "a tiger"], ["tiger, black and white", "a tiger, black and white"], ["anchor"]]
+    assert len(encoded) == 2  # every caption it needs was in the cache

@@ -147,17 +147,24 @@ def monochrome_caption(caption: str, tag: str) -> str:
     return f"{caption}, {tag}"
 
 
-def load_dataset(cache: Path, data_folder: Path, monochrome_tag: str | None = None):
+TAG_SCOPES = ("all", "with-colour")
+
+
+def load_dataset(cache: Path, data_folder: Path, monochrome_tag: str | None = None, tag_scope: str = "all"):
     """Images (N,3,H,W) in [-1,1], caption embeddings, and for each image the indices of its captions.
 
     With `monochrome_tag`, the images of MONOCHROME_STYLES get their concept's captions with the tag
-    appended (`monochrome_caption`). A cache built with another tag is rebuilt, reusing the encodings of the
-    captions it already holds, so switching the tag encodes only the new captions.
+    appended (`monochrome_caption`): all of them (`tag_scope="all"`), or only those of concepts that also have
+    pictures in a colour style (`"with-colour"`), so a concept drawn only in one colour keeps its plain name on
+    the only pictures it has. A cache built with another tag or scope is rebuilt, reusing the encodings of the
+    captions it already holds, so switching encodes only the new captions.
     """
+    if tag_scope not in TAG_SCOPES:
+        raise SystemExit(f"unknown tag scope {tag_scope!r}: choose one of {', '.join(TAG_SCOPES)}")
     known = None
     if cache.exists():
         data = torch.load(cache)
-        if data.get("monochrome_tag") == monochrome_tag:
+        if data.get("monochrome_tag") == monochrome_tag and data.get("monochrome_tag_scope", "all") == tag_scope:
             return data
         known = data
     from training import emoji_data
@@ -167,8 +174,13 @@ def load_dataset(cache: Path, data_folder: Path, monochrome_tag: str | None = No
                          f"`python -m training.emoji_data --out {data_folder}`")
     images, concept_of, style_of, concepts = emoji_data.load(data_folder)
     manifest = json.loads((data_folder / "manifest.json").read_text())
-    tagged = np.array([manifest["styles"][s] in MONOCHROME_STYLES for s in style_of]) if monochrome_tag \
-        else np.zeros(len(style_of), dtype=bool)
+    one_colour = np.array([manifest["styles"][s] in MONOCHROME_STYLES for s in style_of], dtype=bool)
+    if not monochrome_tag:
+        tagged = np.zeros(len(style_of), dtype=bool)
+    elif tag_scope == "all":
+        tagged = one_colour
+    else:
+        tagged = one_colour & np.isin(concept_of, concept_of[~one_colour])
     # One block of captions per concept, and a second, tagged one for the concepts drawn in one colour.
     flat, ranges, tagged_ranges = [NULL_CAPTION], [], {}
     for c, concept in enumerate(concepts):
@@ -188,6 +200,7 @@ def load_dataset(cache: Path, data_folder: Path, monochrome_tag: str | None = No
         "style": torch.from_numpy(style_of),
         "manifest": manifest,
         "monochrome_tag": monochrome_tag,
+        "monochrome_tag_scope": tag_scope,
         "tokens": tokens,
         "masks": masks,
         "pooled": pooled,
@@ -453,7 +466,7 @@ def train(args):
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
     data = load_dataset(Path(args.dataset_cache) if args.dataset_cache else run / "dataset.pt", Path(args.data),
-                        args.monochrome_tag)
+                        args.monochrome_tag, args.monochrome_tag_scope)
     print(f"{len(data['images'])} images, {len(data['captions'])} captions")
     # Drawn before any reweighing, so the validation loss compares across runs whatever their batch mix.
     val_batch = validation_batch(data, args.eval_size) if args.eval_every else None
@@ -616,6 +629,9 @@ def main(argv=None):
     p.add_argument("--monochrome-tag", default=None,
                    help="words appended to every caption of a one-colour picture (e.g. 'black and white'), so "
                         "prompts that do not ask for that style stop getting it; changes the dataset cache")
+    p.add_argument("--monochrome-tag-scope", choices=TAG_SCOPES, default="all",
+                   help="which one-colour pictures get the tag: all, or only those of concepts that also have "
+                        "colour pictures (the others keep the plain name, their only pictures)")
     p.add_argument("--eval-every", type=int, default=500, help="steps between validation losses (0: none)")
     p.add_argument("--eval-size", type=int, default=512, help="images in the fixed validation batch")
     p.add_argument("--dataset-cache", default=None, help="encoded dataset file (default RUN/dataset.pt)")
