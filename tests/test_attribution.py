@@ -1,7 +1,9 @@
 """conjure.explain: each word's contribution D_J(a, b) - D_J(a without w, b), its map, its errors, and the
 minimal-pairs validation on the embedded model (slow)."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,8 @@ from conjure import attribution
 from conjure.cli import main
 from conjure.models.base import Conditioning
 from gaussian_model import GaussianModel, random_means
+
+BENCH_EXPLAIN = Path(__file__).resolve().parents[1] / "bench" / "bench_explain.py"
 
 
 class WordsGaussian(GaussianModel):
@@ -123,6 +127,40 @@ def test_the_embedded_model_masks_each_words_tokens(emoji):
     assert tiger.tensors["mask"].sum(1).tolist() == [3, 4]
     alone = emoji.encode_masked(["horse"])  # nothing left: the unconditional input
     assert torch.equal(alone.tensors["tokens"], emoji.encode_null().tensors["tokens"])
+
+
+def load_bench_explain():
+    spec = importlib.util.spec_from_file_location("bench_explain", BENCH_EXPLAIN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_bench_masks_the_word_where_it_says(emoji):
+    """bench/bench_explain.py's ways of masking, measured against the library's (docs/explain.md)."""
+    bench = load_bench_explain()
+    words, full = ["a", "black", "horse"], emoji.encode(["a black horse"]).tensors
+    kept = emoji.encode_masked(words).tensors
+    pooled = bench.masked_variant(emoji, words, "pooled").tensors  # the pooled embedding only
+    assert pooled["mask"].sum(1).tolist() == [5, 5, 5] and torch.equal(pooled["pooled"], kept["pooled"])
+    cross = bench.masked_variant(emoji, words, "cross-attention").tensors  # the cross-attention only
+    assert torch.equal(cross["mask"], kept["mask"]) and torch.equal(cross["pooled"], full["pooled"].expand(3, -1))
+    isolate = bench.masked_variant(emoji, words, "isolate").tensors  # also hidden inside the encoder
+    assert torch.equal(isolate["mask"], kept["mask"])
+    assert not torch.equal(isolate["tokens"][1, 1], kept["tokens"][1, 1])  # "a" no longer attends to "black"
+    alone = bench.masked_variant(emoji, ["horse"], "isolate").tensors  # nothing left: the unconditional input
+    assert torch.equal(alone["tokens"], emoji.encode_null().tensors["tokens"])
+
+
+def test_the_dev_pairs_are_minimal_pairs_outside_the_tested_set():
+    bench = load_bench_explain()
+    tested = {(a, b) for a, b, _, _ in attribution.MINIMAL_PAIRS}
+    assert len(bench.ONE_THING_DEV) >= 20
+    for a, b, word_a, word_b in bench.ONE_THING_DEV:
+        assert (a, b) not in tested and (b, a) not in tested
+        wa, wb = a.split(), b.split()
+        differ = [i for i in range(len(wa)) if wa[i] != wb[i]]
+        assert len(wa) == len(wb) and len(differ) == 1 and (wa[differ[0]], wb[differ[0]]) == (word_a, word_b)
 
 
 def test_explain_masks_on_the_embedded_model_by_default(emoji):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from conjure.minilm import MiniLM
+from conjure.minilm import MiniLM, MiniLMOutput
 from conjure.models.base import Conditioning, to_epsilon, to_uint8
 from conjure.text import prepare
 
@@ -80,8 +80,25 @@ class PixelModel:
         cross-attention and of the pooled embedding (the mean of the remaining token states, as the encoder pools).
 
         How `conjure.explain` leaves a word out of a prompt for this model (measured against removing it from the
-        text: docs/explain.md). A word whose tokens are all there is (a one-word prompt) gives the null row.
+        text and against other ways of masking: docs/explain.md). A word whose tokens are all there is (a one-word
+        prompt) gives the null row.
         """
+        text, out, masks = self.word_masks(words)
+        rows = []
+        for mask in masks:
+            if mask is None:
+                rows.append(self.encode_null())
+                continue
+            tokens = out.tokens * mask[..., None]
+            pooled = torch.nn.functional.normalize(tokens.sum(1) / mask.sum(1, keepdim=True), dim=-1)
+            rows.append(Conditioning({"tokens": tokens.to(self.dtype), "mask": mask.bool(),
+                                      "pooled": (pooled * self.pooled_scale).to(self.dtype)}, out.truncated))
+        return Conditioning.cat(rows)
+
+    @torch.no_grad()
+    def word_masks(self, words: list[str]) -> tuple[str, MiniLMOutput, list[torch.Tensor | None]]:
+        """The prompt as the encoder reads it (emoji as their names), its encoding, and per word the attention mask
+        (1, L) with that word's tokens set to 0; None where no token of the prompt would be left."""
         tokenizer = self.text_encoder.tokenizer
         read = [prepare(tokenizer, [w])[0][0] for w in words]  # emoji as their names, word by word
         text, spans, start = " ".join(read), [], 0
@@ -91,20 +108,15 @@ class PixelModel:
         out = self.text_encoder([text])
         offsets = tokenizer(text, return_offsets_mapping=True, truncation=True,
                             max_length=self.text_encoder.max_tokens)["offset_mapping"]
-        rows = []
+        masks = []
         for begin, end in spans:
             mask = out.mask.clone()
             for position, (a, b) in enumerate(offsets):
                 if b > a and begin <= a < end:  # a token of this word ([CLS], [SEP] and padding have no span)
                     mask[0, position] = 0
-            if not any(b > a and mask[0, p] for p, (a, b) in enumerate(offsets)):  # nothing left of the prompt
-                rows.append(self.encode_null())
-                continue
-            tokens = out.tokens * mask[..., None]
-            pooled = torch.nn.functional.normalize(tokens.sum(1) / mask.sum(1, keepdim=True), dim=-1)
-            rows.append(Conditioning({"tokens": tokens.to(self.dtype), "mask": mask.bool(),
-                                      "pooled": (pooled * self.pooled_scale).to(self.dtype)}, out.truncated))
-        return Conditioning.cat(rows)
+            left = any(b > a and mask[0, p] for p, (a, b) in enumerate(offsets))
+            masks.append(mask if left else None)
+        return text, out, masks
 
     @torch.no_grad()
     def text_embedding(self, prompts: list[str]) -> torch.Tensor:
