@@ -93,30 +93,38 @@ BENCH_ONLY = ("isolate", "cross-attention", "pooled")  # ways of masking measure
 
 @torch.no_grad()
 def masked_variant(model, words: list[str], how: str) -> Conditioning:
-    """`PixelModel.encode_masked` with the word masked in another place (`how`, one of BENCH_ONLY)."""
+    """`PixelModel.encode_masked` with the word masked in another place (`how`, one of BENCH_ONLY): the library's
+    rows, changed where `how` differs from them (rows with nothing left stay the unconditional input)."""
     text, out, masks = model.word_masks(words)
-    rows = []
-    for mask in masks:
+    rows = type(model).encode_masked(model, words)  # the adapter's own, even while main() patches the instance
+    tokens, cross, pooled = (rows.tensors[key].clone() for key in ("tokens", "mask", "pooled"))
+    for i, mask in enumerate(masks):
         if mask is None:
-            rows.append(model.encode_null())
             continue
-        states, cross = out.tokens, mask
         if how == "isolate":  # the encoder run again with the word's tokens hidden from every token
             encoder = model.text_encoder
             batch = encoder.tokenizer([text], padding="max_length", truncation=True,
                                       max_length=encoder.max_tokens, return_tensors="pt").to(encoder.device)
             batch["attention_mask"] = mask.to(batch["attention_mask"].dtype)
-            states = encoder.model(**batch).last_hidden_state
-        kept = states * mask[..., None]
-        pooled = torch.nn.functional.normalize(kept.sum(1) / mask.sum(1, keepdim=True), dim=-1)
-        if how == "cross-attention":
-            pooled = out.pooled
-        if how == "pooled":
-            cross = out.mask
-        tokens = states * cross[..., None]
-        rows.append(Conditioning({"tokens": tokens.to(model.dtype), "mask": cross.bool(),
-                                  "pooled": (pooled * model.pooled_scale).to(model.dtype)}, out.truncated))
-    return Conditioning.cat(rows)
+            kept = encoder.model(**batch).last_hidden_state * mask[..., None]
+            tokens[i] = kept[0].to(tokens.dtype)
+            pooled[i] = (torch.nn.functional.normalize(kept.sum(1) / mask.sum(1, keepdim=True), dim=-1)[0]
+                         * model.pooled_scale).to(pooled.dtype)
+        if how == "cross-attention":  # the pooled embedding of the full prompt
+            pooled[i] = (out.pooled[0] * model.pooled_scale).to(pooled.dtype)
+        if how == "pooled":  # the cross-attention reads every token
+            tokens[i], cross[i] = out.tokens[0].to(tokens.dtype), out.mask[0].bool()
+    return Conditioning({"tokens": tokens, "mask": cross, "pooled": pooled}, rows.truncated, rows.rewritten)
+
+
+def use_leave_out(model, mode: str) -> str:
+    """Set the model up to leave words out by `mode` and return `conjure.explain`'s leave_out for it: a BENCH_ONLY
+    way goes through explain's mask path, with `masked_variant` as this model instance's way of masking."""
+    model.__dict__.pop("encode_masked", None)  # the adapter's own method again
+    if mode not in BENCH_ONLY:
+        return mode
+    model.encode_masked = types.MethodType(lambda m, words: masked_variant(m, words, mode), model)
+    return "mask"
 
 
 def rank_of(values: list[float], index: int) -> int:
@@ -150,17 +158,13 @@ def main():
           "| s per pair, median (min-max) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for mode in args.leave_out.split(","):
-        if mode in BENCH_ONLY:  # explain's mask path, with this variant as the model's way of masking
-            model.encode_masked = types.MethodType(lambda m, words, how=mode: masked_variant(m, words, how), model)
-        else:
-            model.__dict__.pop("encode_masked", None)  # the adapter's own method again
+        leave_out = use_leave_out(model, mode)
         for seed in seeds:
             hits, ranks, seconds = {"a": 0, "b": 0}, [], []
             for text_a, text_b, word_a, word_b in pairs:
                 start = time.perf_counter()
-                e = conjure.explain(model, text_a, text_b, images=False,
-                                    leave_out="mask" if mode in BENCH_ONLY else mode, samples=args.samples,
-                                    seed=seed, guidance=args.guidance)
+                e = conjure.explain(model, text_a, text_b, images=False, leave_out=leave_out,
+                                    samples=args.samples, seed=seed, guidance=args.guidance)
                 c_a, c_b = [w.contribution for w in e.words_a], [w.contribution for w in e.words_b]
                 seconds.append(time.perf_counter() - start)
                 for which, text, word, c in (("a", text_a, word_a, c_a), ("b", text_b, word_b, c_b)):

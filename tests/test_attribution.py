@@ -150,6 +150,14 @@ def test_the_bench_masks_the_word_where_it_says(emoji):
     assert not torch.equal(isolate["tokens"][1, 1], kept["tokens"][1, 1])  # "a" no longer attends to "black"
     alone = bench.masked_variant(emoji, ["horse"], "isolate").tensors  # nothing left: the unconditional input
     assert torch.equal(alone["tokens"], emoji.encode_null().tensors["tokens"])
+    try:  # as the bench runs it: explain's mask path, with the variant as the model's way of masking
+        assert bench.use_leave_out(emoji, "isolate") == "mask"
+        assert torch.equal(emoji.encode_masked(words).tensors["tokens"], isolate["tokens"])
+        e = conjure.explain(emoji, "a black horse", "cat", steps=2, images=False, leave_out="mask")
+        assert e.leave_out == "mask" and len(e.words_a) == 3
+    finally:
+        assert bench.use_leave_out(emoji, "remove") == "remove"  # the adapter's own encode_masked again
+    assert torch.equal(emoji.encode_masked(words).tensors["tokens"], kept["tokens"])
 
 
 def test_the_dev_pairs_are_minimal_pairs_outside_the_tested_set():
