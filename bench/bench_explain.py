@@ -98,13 +98,13 @@ def masked_variant(model, words: list[str], how: str) -> Conditioning:
     text, out, masks = model.word_masks(words)
     rows = type(model).encode_masked(model, words)  # the adapter's own, even while main() patches the instance
     tokens, cross, pooled = (rows.tensors[key].clone() for key in ("tokens", "mask", "pooled"))
+    encoder = model.text_encoder
+    batch = encoder.tokenizer([text], padding="max_length", truncation=True, max_length=encoder.max_tokens,
+                              return_tensors="pt").to(encoder.device)
     for i, mask in enumerate(masks):
         if mask is None:
             continue
         if how == "isolate":  # the encoder run again with the word's tokens hidden from every token
-            encoder = model.text_encoder
-            batch = encoder.tokenizer([text], padding="max_length", truncation=True,
-                                      max_length=encoder.max_tokens, return_tensors="pt").to(encoder.device)
             batch["attention_mask"] = mask.to(batch["attention_mask"].dtype)
             kept = encoder.model(**batch).last_hidden_state * mask[..., None]
             tokens[i] = kept[0].to(tokens.dtype)
