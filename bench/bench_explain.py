@@ -1,7 +1,7 @@
 """How to leave a word out, measured: removed from the text, or its token states masked; and what it costs.
 
     python bench/bench_explain.py [--set minimal|dev|two-things] [--leave-out remove,mask] [--seeds 0,1,2]
-                                  [--pairs N] [--model emoji] [--samples 1]
+                                  [--pairs N] [--model emoji] [--samples 1] [--steps 10]
 
 On pairs of prompts where exactly one word differs, for each way of leaving a word out and each seed: in how
 many prompts the differing word carries the largest contribution (the hit rate), the mean rank of the
@@ -143,12 +143,13 @@ def main():
     p.add_argument("--samples", type=int, default=1)
     p.add_argument("--seeds", default="0", help="comma-separated noise seeds, one row each")
     p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--steps", type=int, default=Settings().steps, help="denoising steps (the library's default)")
     p.add_argument("--verbose", action="store_true", help="print every pair's contributions")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model = conjure.load_model(args.model)
     seeds = [int(s) for s in args.seeds.split(",")]
-    settings = Settings(samples=args.samples, guidance=args.guidance)
+    settings = Settings(samples=args.samples, guidance=args.guidance, steps=args.steps)
     pairs = SETS[args.set][: args.pairs]
     conjure.explain(model, "a cat", "a dog", images=False)  # warm-up, untimed
     print(f"{model.name} in {conjure.jeffreys.dtype_name(model)}, {settings.steps} steps, k={settings.samples}, "
@@ -164,7 +165,8 @@ def main():
             for text_a, text_b, word_a, word_b in pairs:
                 start = time.perf_counter()
                 e = conjure.explain(model, text_a, text_b, images=False, leave_out=leave_out,
-                                    samples=args.samples, seed=seed, guidance=args.guidance)
+                                    samples=args.samples, seed=seed, guidance=args.guidance,
+                                    steps=args.steps)
                 c_a, c_b = [w.contribution for w in e.words_a], [w.contribution for w in e.words_b]
                 seconds.append(time.perf_counter() - start)
                 for which, text, word, c in (("a", text_a, word_a, c_a), ("b", text_b, word_b, c_b)):
