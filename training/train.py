@@ -150,7 +150,8 @@ def monochrome_caption(caption: str, tag: str) -> str:
 TAG_SCOPES = ("all", "with-colour")
 
 
-def load_dataset(cache: Path, data_folder: Path, monochrome_tag: str | None = None, tag_scope: str = "all"):
+def load_dataset(cache: Path, data_folder: Path, monochrome_tag: str | None = None, tag_scope: str = "all",
+                 keywords: bool = False):
     """Images (N,3,H,W) in [-1,1], caption embeddings, and for each image the indices of its captions.
 
     With `monochrome_tag`, the images of MONOCHROME_STYLES get their concept's captions with the tag
@@ -158,13 +159,18 @@ def load_dataset(cache: Path, data_folder: Path, monochrome_tag: str | None = No
     pictures in a colour style (`"with-colour"`), so a concept drawn only in one colour keeps its plain name on
     the only pictures it has. A cache built with another tag or scope is rebuilt, reusing the encodings of the
     captions it already holds, so switching encodes only the new captions.
+
+    Concepts with CLDR keywords (`keyword_captions`, training.emoji_data) get a second block of captions,
+    `keyword_range` per image (empty where a concept has none), which `sample_batch` draws at `--keyword-share`;
+    with `keywords`, a cache built before the keywords existed is rebuilt (reusing its encodings).
     """
     if tag_scope not in TAG_SCOPES:
         raise SystemExit(f"unknown tag scope {tag_scope!r}: choose one of {', '.join(TAG_SCOPES)}")
     known = None
     if cache.exists():
         data = torch.load(cache)
-        if data.get("monochrome_tag") == monochrome_tag and data.get("monochrome_tag_scope", "all") == tag_scope:
+        if (data.get("monochrome_tag") == monochrome_tag and data.get("monochrome_tag_scope", "all") == tag_scope
+                and ("keyword_range" in data or not keywords)):
             return data
         known = data
     from training import emoji_data
@@ -174,7 +180,8 @@ def load_dataset(cache: Path, data_folder: Path, monochrome_tag: str | None = No
                          f"`python -m training.emoji_data --out {data_folder}`")
     images, concept_of, style_of, concepts = emoji_data.load(data_folder)
     manifest = json.loads((data_folder / "manifest.json").read_text())
-    one_colour = np.array([manifest["styles"][s] in MONOCHROME_STYLES for s in style_of], dtype=bool)
+    styles = manifest.get("styles", emoji_data.STYLES)  # training.emoji_data's folders have the three base styles
+    one_colour = np.array([styles[s] in MONOCHROME_STYLES for s in style_of], dtype=bool)
     if not monochrome_tag:
         tagged = np.zeros(len(style_of), dtype=bool)
     elif tag_scope == "all":
@@ -189,11 +196,16 @@ def load_dataset(cache: Path, data_folder: Path, monochrome_tag: str | None = No
     for c in sorted(set(concept_of[tagged].tolist())):
         tagged_ranges[c] = (len(flat), len(flat) + len(concepts[c]["captions"]))
         flat += [monochrome_caption(caption, monochrome_tag) for caption in concepts[c]["captions"]]
+    keyword_ranges = []
+    for concept in concepts:
+        keyword_ranges.append((len(flat), len(flat) + len(concept.get("keyword_captions", []))))
+        flat += concept.get("keyword_captions", [])
     tokens, masks, pooled = encode_with_reuse(flat, known)
     caption_range = torch.tensor([tagged_ranges[c] if t else ranges[c] for c, t in zip(concept_of.tolist(), tagged)])
     data = {
         "images": torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1,
         "caption_range": caption_range,
+        "keyword_range": torch.tensor(keyword_ranges)[torch.from_numpy(concept_of)],
         "weights": image_weights(concepts, concept_of),
         "captions": flat,
         "chars": [concepts[c]["char"] for c in concept_of],
@@ -227,9 +239,16 @@ def encode_with_reuse(captions: list[str], known: dict | None) -> tuple[torch.Te
     return tokens[rows], masks[rows], pooled[rows]
 
 
-def sample_batch(data, batch_size: int, caption_dropout: float, generator: torch.Generator):
+def sample_batch(data, batch_size: int, caption_dropout: float, generator: torch.Generator,
+                 keyword_share: float = 0.0):
+    """A batch of images and captions; with `keyword_share`, that share of the images that have keywords are
+    captioned by one of them instead of by a name."""
     idx = torch.multinomial(data["weights"], batch_size, replacement=True, generator=generator)
     lo, hi = data["caption_range"][idx].unbind(1)
+    if keyword_share > 0:
+        keyword_lo, keyword_hi = data["keyword_range"][idx].unbind(1)
+        use = (torch.rand(batch_size, generator=generator) < keyword_share) & (keyword_hi > keyword_lo)
+        lo, hi = torch.where(use, keyword_lo, lo), torch.where(use, keyword_hi, hi)
     caption = lo + (torch.rand(batch_size, generator=generator) * (hi - lo)).long()
     caption[torch.rand(batch_size, generator=generator) < caption_dropout] = 0  # index 0 is the null caption
     return (
@@ -466,7 +485,7 @@ def train(args):
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
     data = load_dataset(Path(args.dataset_cache) if args.dataset_cache else run / "dataset.pt", Path(args.data),
-                        args.monochrome_tag, args.monochrome_tag_scope)
+                        args.monochrome_tag, args.monochrome_tag_scope, keywords=args.keyword_share > 0)
     print(f"{len(data['images'])} images, {len(data['captions'])} captions")
     # Drawn before any reweighing, so the validation loss compares across runs whatever their batch mix.
     val_batch = validation_batch(data, args.eval_size) if args.eval_every else None
@@ -576,7 +595,8 @@ def train(args):
         validate()
     while step < args.steps and time.time() < deadline and not stop["now"]:
         t0 = time.time()
-        x0, tokens, mask, pooled = sample_batch(data, args.batch_size, args.caption_dropout, generator)
+        x0, tokens, mask, pooled = sample_batch(data, args.batch_size, args.caption_dropout, generator,
+                                                args.keyword_share)
         t = torch.randint(0, len(abar), (len(x0),), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
         a = abar[t].view(-1, 1, 1, 1)
@@ -632,6 +652,9 @@ def main(argv=None):
     p.add_argument("--monochrome-tag-scope", choices=TAG_SCOPES, default="all",
                    help="which one-colour pictures get the tag: all, or only those of concepts that also have "
                         "colour pictures (the others keep the plain name, their only pictures)")
+    p.add_argument("--keyword-share", type=float, default=0.0,
+                   help="share of each batch captioned by one of its concept's CLDR keywords (\"predator\" for a "
+                        "tiger) instead of a name, where the dataset has them (training.emoji_data); 0: names only")
     p.add_argument("--eval-every", type=int, default=500, help="steps between validation losses (0: none)")
     p.add_argument("--eval-size", type=int, default=512, help="images in the fixed validation batch")
     p.add_argument("--dataset-cache", default=None, help="encoded dataset file (default RUN/dataset.pt)")
