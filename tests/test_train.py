@@ -195,7 +195,7 @@ def test_cldr_keywords_become_keyword_captions_shared_by_skin_tones(tmp_path):
         tar.addfile(info, io.BytesIO(raw))
     keywords = emoji_data.read_keywords(tmp_path / "emojibase.tgz")
     assert keywords == {"1F405": ["animal", "big", "tiger", "zoo"], "1F44B": ["hand", "g2g", "hello", "hand"],
-                    "2764": ["love"]}
+                        "2764": ["love"]}
 
     concepts = [{"base": "1F405", "names": ["tiger"]},
                 {"base": "1F44B", "names": ["waving hand"]},

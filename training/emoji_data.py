@@ -21,8 +21,8 @@ with that keyword. Training draws them at `--keyword-share` (training/train.py).
 folder built before they existed, without rendering again.
 
 Output folder: `images.npz` (uint8 N x size x size x 3, and per image its concept and style),
-`concepts.json` (per concept: characters, captions, base emoji, category, keywords and their captions) and `manifest.json`
-(sources, versions, hashes, counts per style).
+`concepts.json` (per concept: characters, captions, base emoji, category, keywords and their captions) and
+`manifest.json` (sources, versions, hashes, counts per style, the keywords' source).
 """
 
 from __future__ import annotations
