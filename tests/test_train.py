@@ -243,3 +243,30 @@ def test_keyword_share_captions_that_share_of_the_batch_by_keywords(tmp_path):
     tiger = [c for c in some if c != "apple"]
     share = sum(c in ("animal", "an animal", "predator") for c in tiger) / len(tiger)
     assert 0.2 < share < 0.4
+
+
+def test_condition_noise_perturbs_captions_but_not_the_null_caption_and_keeps_pooled_on_the_sphere():
+    n, length, dim = 3, 4, 8
+    captions = ["", "tiger", "apple"]
+    data = {"weights": torch.tensor([0.0, 1.0]), "caption_range": torch.tensor([[1, 2], [2, 3]]),
+            "images": torch.zeros(2, 3, 32, 32), "captions": captions,
+            "tokens": torch.randn(n, length, dim).half(), "masks": torch.tensor([[1, 1, 0, 0]] * n).bool(),
+            "pooled": torch.nn.functional.normalize(torch.randn(n, dim), dim=-1)}
+
+    def batch(noise, dropout=0.0):
+        return train.sample_batch(data, 200, dropout, torch.Generator().manual_seed(0), condition_noise=noise)
+
+    _, tokens, mask, pooled = batch(0.0)
+    assert torch.equal(tokens, data["tokens"][2].float().expand_as(tokens))  # only the apple is drawn
+    _, noisy, mask, noisy_pooled = batch(0.5)
+    exact = data["tokens"][2].float()
+    moved = (noisy - exact).norm(dim=-1)
+    assert (moved[:, :2] > 0).all() and (moved[:, 2:] == 0).all()  # the caption's tokens move, the padding does not
+    relative = moved[:, :2] / exact[:2].pow(2).mean(-1).sqrt()
+    assert relative.max() < 0.5 * dim**0.5 * 2  # sigma <= 0.5 of the RMS per coordinate (with room for chance)
+    assert torch.allclose(noisy_pooled.norm(dim=-1), torch.full((200,), train.POOLED_SCALE))
+    assert not torch.allclose(noisy_pooled, pooled)
+
+    _, tokens, _, pooled = batch(0.5, dropout=1.0)  # every caption dropped: the null caption, exactly
+    assert torch.equal(tokens, data["tokens"][0].float().expand_as(tokens))
+    assert torch.allclose(pooled, data["pooled"][0].expand_as(pooled) * train.POOLED_SCALE)

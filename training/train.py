@@ -240,9 +240,10 @@ def encode_with_reuse(captions: list[str], known: dict | None) -> tuple[torch.Te
 
 
 def sample_batch(data, batch_size: int, caption_dropout: float, generator: torch.Generator,
-                 keyword_share: float = 0.0):
+                 keyword_share: float = 0.0, condition_noise: float = 0.0):
     """A batch of images and captions; with `keyword_share`, that share of the images that have keywords are
-    captioned by one of them instead of by a name."""
+    captioned by one of them instead of by a name; with `condition_noise`, each caption's encoding is perturbed
+    (`perturb_condition`)."""
     idx = torch.multinomial(data["weights"], batch_size, replacement=True, generator=generator)
     lo, hi = data["caption_range"][idx].unbind(1)
     if keyword_share > 0:
@@ -251,12 +252,27 @@ def sample_batch(data, batch_size: int, caption_dropout: float, generator: torch
         lo, hi = torch.where(use, keyword_lo, lo), torch.where(use, keyword_hi, hi)
     caption = lo + (torch.rand(batch_size, generator=generator) * (hi - lo)).long()
     caption[torch.rand(batch_size, generator=generator) < caption_dropout] = 0  # index 0 is the null caption
-    return (
-        data["images"][idx],
-        data["tokens"][caption].float(),
-        data["masks"][caption],
-        data["pooled"][caption] * POOLED_SCALE,
-    )
+    tokens, mask, pooled = data["tokens"][caption].float(), data["masks"][caption], data["pooled"][caption]
+    if condition_noise > 0:
+        sigma = torch.rand(batch_size, generator=generator) * condition_noise
+        sigma[caption == 0] = 0  # the null caption stays exact: it is classifier-free guidance's reference
+        tokens, pooled = perturb_condition(tokens, mask, pooled, sigma, generator)
+    return data["images"][idx], tokens, mask, pooled * POOLED_SCALE
+
+
+def perturb_condition(tokens: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor, sigma: torch.Tensor,
+                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian noise on a caption's encoding, `sigma` (per caption) times each token state's own root mean
+    square; the pooled embedding gets the same relative noise and is put back on the unit sphere, where the
+    encoder's pooled embeddings lie. Trained on, it asks the model to draw a caption's pictures for encodings
+    near it too, so that a word it never saw (whose encoding lies near some it did) gets its neighbours'
+    pictures instead of whatever an untrained region of the conditioning space gives."""
+    rms = tokens.pow(2).mean(-1, keepdim=True).sqrt()
+    noisy = tokens + sigma.view(-1, 1, 1) * rms * torch.randn(tokens.shape, generator=generator)
+    tokens = torch.where(mask[..., None], noisy, tokens)  # padding stays as it was (masked out anyway)
+    pooled = pooled + sigma.view(-1, 1) * pooled.pow(2).mean(-1, keepdim=True).sqrt() * torch.randn(
+        pooled.shape, generator=generator)
+    return tokens, torch.nn.functional.normalize(pooled, dim=-1)
 
 
 def loss_weights(abar: torch.Tensor, gamma: float = 5.0, floor: float = 0.25, cap: float = 20.0) -> torch.Tensor:
@@ -596,7 +612,7 @@ def train(args):
     while step < args.steps and time.time() < deadline and not stop["now"]:
         t0 = time.time()
         x0, tokens, mask, pooled = sample_batch(data, args.batch_size, args.caption_dropout, generator,
-                                                args.keyword_share)
+                                                args.keyword_share, args.condition_noise)
         t = torch.randint(0, len(abar), (len(x0),), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
         a = abar[t].view(-1, 1, 1, 1)
@@ -655,6 +671,9 @@ def main(argv=None):
     p.add_argument("--keyword-share", type=float, default=0.0,
                    help="share of each batch captioned by one of its concept's CLDR keywords (\"predator\" for a "
                         "tiger) instead of a name, where the dataset has them (training.emoji_data); 0: names only")
+    p.add_argument("--condition-noise", type=float, default=0.0,
+                   help="largest relative noise on a caption's encoding: each caption's token states and pooled "
+                        "embedding get Gaussian noise of sigma ~ U(0, this) times their RMS (perturb_condition); 0: none")
     p.add_argument("--eval-every", type=int, default=500, help="steps between validation losses (0: none)")
     p.add_argument("--eval-size", type=int, default=512, help="images in the fixed validation batch")
     p.add_argument("--dataset-cache", default=None, help="encoded dataset file (default RUN/dataset.pt)")
