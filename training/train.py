@@ -265,8 +265,8 @@ def perturb_condition(tokens: torch.Tensor, mask: torch.Tensor, pooled: torch.Te
     """Gaussian noise on a caption's encoding, `sigma` (per caption) times each token state's own root mean
     square; the pooled embedding gets the same relative noise and is put back on the unit sphere, where the
     encoder's pooled embeddings lie. Trained on, it asks the model to draw a caption's pictures for encodings
-    near it too, so that a word it never saw (whose encoding lies near some it did) gets its neighbours'
-    pictures instead of whatever an untrained region of the conditioning space gives."""
+    near it too, meant to give a word it never saw its neighbours' pictures (on MEN it did not help:
+    results/condition-noise.md)."""
     rms = tokens.pow(2).mean(-1, keepdim=True).sqrt()
     noisy = tokens + sigma.view(-1, 1, 1) * rms * torch.randn(tokens.shape, generator=generator)
     tokens = torch.where(mask[..., None], noisy, tokens)  # padding stays as it was (masked out anyway)
