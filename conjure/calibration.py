@@ -23,14 +23,14 @@ import hashlib
 import json
 import os
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from conjure import validation
 from conjure.errors import ConjureError
-from conjure.jeffreys import reweight, score_batches
+from conjure.jeffreys import cosine_from_jeffreys, reweight, score_batches
 from conjure.models.weights import weight_modules, weights_digest
 from conjure.settings import Settings
 
@@ -103,6 +103,9 @@ class Calibration:
     settings: dict  # the settings it was run with (samples and seed included, for the record)
     pairs: list[tuple[str, str]]
     per_step: list[dict]  # per pair: timestep, abar, gap_a, gap_b (weighting-free)
+    # per phrase of the pairs, the same for (phrase, the model's unconditional input): the cosines' reference
+    # (None in calibrations made before conjure computed cosines)
+    null_per_step: dict[str, dict] | None = None
 
     def reference(self, weighting: str) -> np.ndarray:
         """The sorted reference divergences under a weighting."""
@@ -113,18 +116,40 @@ class Calibration:
         ref = self.reference(weighting)
         return float(100.0 * (len(ref) - np.searchsorted(ref, jeffreys, side="right")) / len(ref))
 
+    def reference_cosines(self, weighting: str) -> np.ndarray | None:
+        """The sorted reference cosines under a weighting; None without the null divergences."""
+        if self.null_per_step is None:
+            return None
+        eta = self.key["eta"]
+        null = {phrase: reweight(p, weighting, eta).jeffreys for phrase, p in self.null_per_step.items()}
+        cosines = [cosine_from_jeffreys(reweight(p, weighting, eta).jeffreys, null[a], null[b])
+                   for (a, b), p in zip(self.pairs, self.per_step)]
+        return np.sort([c for c in cosines if c is not None])
+
+    def cosine_percentile(self, cosine: float, weighting: str) -> float | None:
+        """% of reference pairs whose cosine is smaller: 'closer than X% of random everyday pairs'."""
+        ref = self.reference_cosines(weighting)
+        if ref is None or not len(ref):
+            return None
+        return float(100.0 * np.searchsorted(ref, cosine, side="left") / len(ref))
+
 
 def calibrate(model, pairs: int = 300, batch_size: int | None = None, progress: bool = True, **settings) -> Calibration:
     """Score `pairs` random pairs of everyday phrases; the reference distribution for `percentile`."""
     from conjure.models import load_model
 
-    model, s = load_model(model), validation.make_settings(settings)
+    model = load_model(model)
+    s = replace(validation.make_settings(settings), cosine=True)  # the null divergences: the cosines' reference
     drawn = reference_pairs(pairs)
     run = validation.check_run(model, s, pairs=len(drawn), batch_size=batch_size)
     results = score_batches(model, drawn, run, progress)
     keep = ("timestep", "abar", "gap_a", "gap_b")
+    null = {}
+    for r in results:
+        for phrase, per_step in zip((r.text_a, r.text_b), r.per_step_null):
+            null[phrase] = {k: per_step[k] for k in keep}
     return Calibration(calibration_key(model, s), model.name, asdict(s), drawn,
-                       [{k: r.per_step[k] for k in keep} for r in results])
+                       [{k: r.per_step[k] for k in keep} for r in results], dict(sorted(null.items())))
 
 
 # --- where calibrations live ------------------------------------------------------------
@@ -160,7 +185,8 @@ def _read_file(path: str, mtime_ns: int, size: int) -> tuple[Calibration, ...]:
         data = json.loads(path.read_text())
         if data.get("format") != FORMAT:
             raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
-        return tuple(Calibration(e["key"], e["model"], e["settings"], [tuple(p) for p in e["pairs"]], e["per_step"])
+        return tuple(Calibration(e["key"], e["model"], e["settings"], [tuple(p) for p in e["pairs"]], e["per_step"],
+                                 e.get("null_per_step"))
                      for e in data["calibrations"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConjureError(f"{path}: not a readable calibration file ({err}); delete it and run "
@@ -180,10 +206,15 @@ def save(calibration: Calibration, path: Path) -> Path:
 
 def add_percentiles(model, results: list, settings: Settings) -> None:
     """Set each result's percentile from the model's calibration for these settings, where one exists."""
-    found = find(model, settings)
-    if found is not None:
-        for r in results:
-            r.percentile = found.percentile(r.jeffreys, settings.weighting)
+    set_percentiles(results, find(model, settings), settings.weighting)
+
+
+def set_percentiles(results: list, found: Calibration | None, weighting: str) -> None:
+    """Each result's percentile (and its cosine's, where it has one) against a calibration; None without one."""
+    for r in results:
+        r.percentile = found.percentile(r.jeffreys, weighting) if found is not None else None
+        if r.cosine is not None and found is not None:
+            r.cosine_percentile = found.cosine_percentile(r.cosine, weighting)
 
 
 def find(model, settings: Settings, path: str | Path | None = None) -> Calibration | None:

@@ -18,7 +18,8 @@ from conjure import sts, validation
 from conjure.errors import ConjureError
 from conjure.jeffreys import computed_in
 from conjure.settings import LIMITS
-from conjure.options import add_batch_size_option, add_estimator_options, add_model_options, model_from, settings_from
+from conjure.options import (add_batch_size_option, add_cosine_option, add_estimator_options, add_model_options,
+                             model_from, settings_from)
 
 
 def read_pair_lines(path: str) -> list[tuple[int, str, str]]:
@@ -112,6 +113,17 @@ def score_output(args) -> tuple[Path | None, list[dict], int | None]:
     return (output, *read_results(output))
 
 
+def cosine_lines(r) -> list[str]:
+    """The cosine's lines of a result scored with --cosine; none without it."""
+    if r.jeffreys_null is None:
+        return []
+    cosine = "undefined (a text does not move the model)" if r.cosine is None else f"{r.cosine:.4f}"
+    if r.cosine_percentile is not None:
+        cosine += f", closer than {r.cosine_percentile:.1f}% of random pairs of everyday phrases"
+    return [f"  cosine               {cosine}",
+            f"  against no text      D_J(A, null) {r.jeffreys_null[0]:.4f}, D_J(B, null) {r.jeffreys_null[1]:.4f}"]
+
+
 def format_result(r) -> str:
     se = f" ± {r.stderr:.4g}" if r.stderr is not None else ""
     if r.percentile is not None:
@@ -123,6 +135,7 @@ def format_result(r) -> str:
         f"{r.settings['steps']} steps, k={r.settings['samples']}, guidance {r.settings['guidance']:g}, {r.settings['weighting']} weighting)",
         f"  Jeffreys divergence  {r.jeffreys:.4f}{se} nats ({r.jeffreys_per_dim:.3g} per dimension)",
         f"  on a human scale     {scale}",
+        *cosine_lines(r),
         *[f"  prompt {which} read as     {text!r} (emoji as words)" for which, text in zip("AB", r.rewritten) if text],
         f"  KL(A||B)             {r.kl_ab:.4f}",
         f"  KL(B||A)             {r.kl_ba:.4f}",
@@ -163,8 +176,7 @@ def cmd_score(args) -> int:
     reference = calibration.find(model, settings, args.calibration)
 
     def finish(results):
-        for r in results:
-            r.percentile = reference.percentile(r.jeffreys, settings.weighting) if reference else None
+        calibration.set_percentiles(results, reference, settings.weighting)
         return results
 
     with warnings.catch_warnings():
@@ -524,6 +536,7 @@ def main(argv=None) -> int:
                    help="calibration file for the percentile (default: the model's own, or the user's cache)")
     add_model_options(p)
     add_estimator_options(p)
+    add_cosine_option(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("calibrate", help="score random pairs of everyday phrases: the reference for percentiles",

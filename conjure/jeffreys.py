@@ -41,6 +41,20 @@ prompt's trajectory the same in every pair it is part of, so a batch runs one tr
 per distinct prompt and makes each evaluation once however many pairs read it (N phrases
 against each other: N^2 evaluations per step, not 4 per pair); at the first step, where
 every trajectory is still at x_T, one evaluation per distinct prompt serves them all.
+
+The cosine (`cosine=True`) turns the divergence into a similarity on a fixed scale. By Girsanov,
+D_J(a, b) is a weighted squared distance between eps(x|a) and eps(x|b); taking the unconditional
+prediction eps(x|null) as the origin, D_J(a, null) and D_J(b, null) are the squared lengths of each
+text's pull eps(x|text) - eps(x|null), and the law of cosines gives the cosine of the angle between
+the two pulls:
+
+    cos(a, b) = (D_J(a, null) + D_J(b, null) - D_J(a, b)) / (2 sqrt(D_J(a, null) D_J(b, null))).
+
+It is 1 for identical texts and near 0 for texts that move the model in unrelated directions; it
+no longer grows with how strongly each text alone moves the model (a vague word pulls little, a
+vivid one a lot), which the raw divergence mixes into every pair. The null divergences cost one more
+trajectory per batch (the null prompt's) and two more evaluations per distinct prompt per step. The
+three divergences are measured on different trajectories, so |cos| can exceed 1 slightly.
 """
 
 from __future__ import annotations
@@ -102,6 +116,14 @@ def step_weights(abars: Sequence[float], eta: float, weighting: str) -> list[flo
     raise ConjureError(f"unknown weighting {weighting!r}; use one of {', '.join(WEIGHTINGS)}")
 
 
+def cosine_from_jeffreys(d_ab: float, d_a_null: float, d_b_null: float) -> float | None:
+    """The law of cosines on three divergences (see the module docstring); None where a text does not move the
+    model at all (a null divergence of 0), since the angle of a zero pull is undefined."""
+    if not (d_a_null > 0 and d_b_null > 0):
+        return None
+    return (d_a_null + d_b_null - d_ab) / (2 * math.sqrt(d_a_null * d_b_null))
+
+
 # --- results ------------------------------------------------------------------------
 
 
@@ -138,6 +160,13 @@ class JeffreysResult:
     rewritten: list[str | None] = field(default_factory=lambda: [None, None])
     dims: int = 0  # numbers in one state (C*H*W): divide by it to compare models with different state sizes
     percentile: float | None = None  # % of random everyday phrase pairs that are farther apart (see conjure.calibration)
+    # With cosine=True (else None): [D_J(a, null), D_J(b, null)], each text against the model's unconditional
+    # input; their per-step numbers (as `per_step`, so `reweight` applies); the cosine of the two texts' pulls
+    # (`cosine_from_jeffreys`); and the % of random everyday phrase pairs with a smaller cosine.
+    jeffreys_null: list[float] | None = None
+    per_step_null: list[dict] | None = None
+    cosine: float | None = None
+    cosine_percentile: float | None = None
     images: tuple[np.ndarray, np.ndarray] | None = None  # final sample 0 of trajectories A and B (uint8 HWC)
 
     @property
@@ -202,28 +231,45 @@ class BatchStep:
 def jeffreys_steps(model, pairs: Sequence[tuple[str, str]], run: Checked) -> Iterator[BatchStep]:
     """Run both trajectories of every pair, one batched model call per step; yield each step's KL terms.
 
+    With the setting `cosine`, the steps also carry, after the P given pairs, one pair (prompt, null) per distinct prompt
+    in `null_pairs(pairs)` order: each prompt against the model's unconditional input.
     Trusts its input: the pairs and `run` were checked at the entry point (`conjure.score`, the CLI, the app).
     """
     # Text is encoded once per distinct prompt.
-    prompts = sorted({p for pair in pairs for p in pair})
+    prompts = null_pairs(pairs)
     row_of = {p: i for i, p in enumerate(prompts)}
     cond = model.encode(prompts)
     truncated = [[cond.truncated[row_of[a]], cond.truncated[row_of[b]]] if cond.truncated else [False, False]
                  for a, b in pairs]
     rewritten = [[cond.rewritten[row_of[a]], cond.rewritten[row_of[b]]] if cond.rewritten else [None, None]
                  for a, b in pairs]
-    yield from conditioned_steps(model, cond, [(row_of[a], row_of[b]) for a, b in pairs], run, truncated, rewritten)
+    rows = [(row_of[a], row_of[b]) for a, b in pairs]
+    null = None
+    if run.settings.cosine:  # the null prompt is one more trajectory, and each prompt is paired with it
+        null = len(prompts)
+        truncated += [[bool(cond.truncated[u]) if cond.truncated else False, False] for u in range(null)]
+        rewritten += [[cond.rewritten[u] if cond.rewritten else None, None] for u in range(null)]
+        cond = Conditioning.cat([cond, model.encode_null()])
+        rows += [(u, null) for u in range(null)]
+    yield from conditioned_steps(model, cond, rows, run, truncated, rewritten, null_row=null)
+
+
+def null_pairs(pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """The distinct prompts of a batch, in the order `jeffreys_steps(..., cosine=True)` pairs them with null."""
+    return sorted({p for pair in pairs for p in pair})
 
 
 @validation.reports_out_of_memory
 def conditioned_steps(model, cond: Conditioning, pairs: Sequence[tuple[int, int]], run: Checked,
                       truncated: list[list[bool]] | None = None,
-                      rewritten: list[list[str | None]] | None = None) -> Iterator[BatchStep]:
+                      rewritten: list[list[str | None]] | None = None,
+                      null_row: int | None = None) -> Iterator[BatchStep]:
     """`jeffreys_steps` on conditioning rows instead of texts: pair p compares rows pairs[p] of `cond`.
 
     For callers that build conditioning themselves (`conjure.explain` leaves words out, and compares a
     one-word prompt against the model's unconditional input). Every row must belong to a pair (each row is a
-    trajectory). Trusts `run`, checked at the entry point.
+    trajectory). `null_row`: the row that is the model's unconditional input, where `cond` has one; guidance
+    reads it instead of adding another. Trusts `run`, checked at the entry point.
     """
     settings, size = run.settings, run.size
     # Guidance: an unconditional branch, or for a guidance-distilled model (Flux-dev) an input of each row.
@@ -232,9 +278,9 @@ def conditioned_steps(model, cond: Conditioning, pairs: Sequence[tuple[int, int]
     rewritten = rewritten or [[None, None] for _ in pairs]
     n_rows = len(cond)
     cond = with_guidance(model, cond, settings.guidance)
-    if use_null:  # the null prompt is the last row
+    null = n_rows if null_row is None else null_row
+    if use_null and null_row is None:  # the null prompt is the last row
         cond = Conditioning.cat([cond, model.encode_null()])
-    null = n_rows
     pairs = [(int(a), int(b)) for a, b in pairs]
 
     # One trajectory per distinct prompt, sampled under it: with common random numbers a prompt's trajectory
@@ -353,12 +399,36 @@ def reweight(per_step: dict, weighting: str, eta: float = 1.0, steps: Sequence[i
     return Reweighted(sum(ab), sum(ba), (sum(ab) + sum(ba)) / 2, ab, ba)
 
 
+def with_null_pairs(pairs: Sequence[tuple[str, str]], settings: Settings) -> list[tuple[str, str]]:
+    """The pairs `jeffreys_steps` runs, as texts: the given ones, then with the setting `cosine` (prompt, "") for
+    each distinct prompt, "" standing for the model's unconditional input."""
+    return list(pairs) + ([(p, "") for p in null_pairs(pairs)] if settings.cosine else [])
+
+
+def add_cosines(results: list[JeffreysResult], null_results: list[JeffreysResult]) -> None:
+    """Set each result's null divergences and cosine from the (prompt, null) results of its batch."""
+    of = {r.text_a: r for r in null_results}
+    for r in results:
+        a, b = of[r.text_a], of[r.text_b]
+        r.jeffreys_null = [a.jeffreys, b.jeffreys]
+        r.per_step_null = [a.per_step, b.per_step]
+        r.cosine = cosine_from_jeffreys(r.jeffreys, a.jeffreys, b.jeffreys)
+
+
+def summarize_with_cosines(pairs, steps: list[BatchStep], seconds, settings, model) -> list[JeffreysResult]:
+    """`summarize` for the pairs of a `jeffreys_steps` run, with the cosines where the settings ask for them."""
+    results = summarize(with_null_pairs(pairs, settings), steps, seconds, settings, model, steps[-1].truncated)
+    if settings.cosine:
+        add_cosines(results[: len(pairs)], results[len(pairs):])
+    return results[: len(pairs)]
+
+
 def score_batch(model, pairs: Sequence[tuple[str, str]], run: Checked) -> list[JeffreysResult]:
     """Score a batch of pairs together: one model call per step for all of them."""
     start = time.perf_counter()
     steps = [replace(event, x0=None, eps_gap=None) for event in jeffreys_steps(model, pairs, run)]
     seconds = (time.perf_counter() - start) / len(pairs)
-    return summarize(list(pairs), steps, seconds, run.settings, model, steps[-1].truncated)
+    return summarize_with_cosines(list(pairs), steps, seconds, run.settings, model)
 
 
 def score_batches(model, pairs: Sequence[tuple[str, str]], run: Checked, progress: bool = False) -> list[JeffreysResult]:
@@ -393,8 +463,8 @@ def stream(model, text_a: str, text_b: str, run: Checked, previews: bool = True,
         steps.append(replace(event, x0=None, eps_gap=None))  # keep the numbers, not the states
         result = None
         if last:
-            result = summarize([(text_a, text_b)], steps, time.perf_counter() - start, settings, model,
-                               event.truncated)[0]
+            result = summarize_with_cosines([(text_a, text_b)], steps, time.perf_counter() - start, settings,
+                                            model)[0]
             result.images = (image_a, image_b)
         yield StepEvent(
             step=event.index + 1, steps=settings.steps, timestep=event.timestep, kl_ab=kl_ab, kl_ba=kl_ba,

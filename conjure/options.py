@@ -46,7 +46,13 @@ def add_estimator_options(p: argparse.ArgumentParser) -> None:
                         "between the two discrete chains; girsanov-left: left-point rule; uniform: unweighted (ablation)")
 
 
+def add_cosine_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cosine", action="store_true",
+                   help="also score each text against the model's unconditional input and report the cosine of the "
+                        "two texts' pulls (a similarity on a fixed scale, 1 = the same; about twice the cost)")
+
+
 def settings_from(args) -> Settings:
     """The estimator settings the options give, checked (a bad value is a ConjureError)."""
     return Settings(steps=args.steps, samples=args.samples, guidance=args.guidance, seed=args.seed, size=args.size,
-                    eta=args.eta, weighting=args.weighting)
+                    eta=args.eta, weighting=args.weighting, cosine=getattr(args, "cosine", False))

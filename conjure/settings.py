@@ -1,6 +1,6 @@
 """The estimator's settings and the limits of one call: the values every entry point (API, CLI, app) checks once.
 
-    Settings(steps=10, samples=1, guidance=1.0, seed=0, size=None, eta=1.0, weighting="girsanov")
+    Settings(steps=10, samples=1, guidance=1.0, seed=0, size=None, eta=1.0, weighting="girsanov", cosine=False)
     LIMITS       what one call of the library or the CLI may ask for (phrases, candidates, morph stages, words)
 
 A `Settings` is checked when it is made (types and ranges; numpy numbers become Python ones), so one that exists
@@ -48,6 +48,9 @@ class Settings:
     size: int | None = None  # image side in pixels; None = the model's default
     eta: float = 1.0  # DDIM eta of the stochastic sampler; 1 = DDPM ancestral sampling
     weighting: str = "girsanov"  # how the per-step gaps are weighted: see WEIGHTINGS and conjure.jeffreys
+    # also score each prompt against the model's unconditional input, for the cosine of the two texts' pulls
+    # (conjure.jeffreys; one more trajectory and two more evaluations per distinct prompt per step)
+    cosine: bool = False
 
     def __post_init__(self):
         check_values(self)
@@ -91,6 +94,8 @@ def check_values(s: Settings) -> None:
                            f"model's default, got {describe(s.size)}")
     if not isinstance(s.weighting, str) or s.weighting not in WEIGHTINGS:
         raise ConjureError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {describe(s.weighting)}")
+    if not isinstance(s.cosine, bool):
+        raise ConjureError(f"cosine must be True or False, got {describe(s.cosine)}")
 
 
 @dataclass(frozen=True)

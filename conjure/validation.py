@@ -340,18 +340,23 @@ def decode_activations(model, size: int) -> int:
     return 10 * top * size * size * bytes_per
 
 
+def evaluations_per_pair(settings) -> int:
+    """Model evaluations per pair, sample and step, at most: 4 states x prompts (6 with classifier-free guidance);
+    the cosine adds the null trajectory under both prompts and, without guidance, both trajectories under null."""
+    return 8 if settings.cosine else 6 if settings.guidance != 1 else 4
+
+
 def estimate_memory(model, settings, batch_size: int, decoded_images: int = 0) -> MemoryEstimate:
     """The memory one batch of `batch_size` pairs needs in the estimator (and decoding `decoded_images`).
 
-    Per sampler step one batched call evaluates 4 states per pair and sample (6 with classifier-free
-    guidance); its activations come on top of the noise (every step's, made up front) and the states and
+    Per sampler step one batched call evaluates `evaluations_per_pair` states per pair and sample; its activations come on top of the noise (every step's, made up front) and the states and
     gaps the estimator holds. Decoding comes after the steps, so the peak is the larger of the two.
     """
     size = settings.size or model.default_size
     c, h, w = model.latent_shape(size)
     state = c * h * w
     k = settings.samples
-    per_pair = 6 if settings.guidance != 1 else 4
+    per_pair = evaluations_per_pair(settings)
     evaluations = batch_size * per_pair * k
     activations = unet_activations(getattr(model, "unet", None), h, w)
     if activations is None:  # not a diffusers UNet: a modest multiple of the state
@@ -399,7 +404,7 @@ def auto_batch_size(model, settings, pairs: int, decoded_images: int = 0) -> int
     """Pairs per model call when the user gives none: about WORK_PER_CALL for the device, no more than `pairs`,
     halved until the run fits the memory limit (at 1 pair that does not fit, `check_memory` says what to lower)."""
     c, h, w = model.latent_shape(settings.size or model.default_size)
-    per_pair = (6 if settings.guidance != 1 else 4) * settings.samples * c * h * w
+    per_pair = evaluations_per_pair(settings) * settings.samples * c * h * w
     device = getattr(model, "device", None)
     budget = WORK_PER_CALL.get(torch.device(device if device is not None else "cpu").type, WORK_PER_CALL["cpu"])
     size = max(1, min(pairs, budget // per_pair))

@@ -82,15 +82,17 @@ def score_pending(method, pairs: list[tuple[str, str]], store: ScoreStore, progr
 def build_methods(names: list[str], args, device: str | None) -> tuple[list, object]:
     """The method objects, loading the diffusion model only if a method needs it."""
     from conjure.models import pick_device
-    from conjure.sts.methods import ConjureMethod, MiniLMMethod, TextEncoderMethod
+    from conjure.sts.methods import ConjureCosineMethod, ConjureMethod, MiniLMMethod, TextEncoderMethod
 
     model = None
-    if "conjure" in names or "text-encoder" in names:
+    if {"conjure", "conjure-cosine", "text-encoder"} & set(names):
         model = model_from(args, device)
     methods = []
     for name in names:
         if name == "conjure":
             methods.append(ConjureMethod(model, settings_from(args), args.batch_size))
+        elif name == "conjure-cosine":
+            methods.append(ConjureCosineMethod(model, settings_from(args), args.batch_size))
         elif name == "text-encoder":
             methods.append(TextEncoderMethod(model))
         elif name == "minilm":
@@ -133,10 +135,10 @@ def command_line(args, datasets: list[str], methods: list[str]) -> str:
         parts.append("--add-full-stop")
     if getattr(args, "ablation", False):
         parts.append("--ablation")
-    if "conjure" in methods or "text-encoder" in methods:
+    if {"conjure", "conjure-cosine", "text-encoder"} & set(methods):
         parts += ["--model", args.model or default_model()] + (["--dtype", args.dtype] if args.dtype else [])
         parts += ["--compile"] if args.compile else []
-    if "conjure" in methods:
+    if {"conjure", "conjure-cosine"} & set(methods):
         s = settings_from(args)
         parts += ["--steps", str(s.steps), "--samples", str(s.samples), "--guidance", str(s.guidance),
                   "--seed", str(s.seed), "--eta", str(s.eta), "--weighting", s.weighting]
@@ -165,10 +167,10 @@ def build_report(args, data, methods, model, scores, counts, processes: int, cac
                  "methods": {m.name: dataset_result(d, scores[m.name]) for m in methods}}
         for d in data
     }
-    conjure_method = next((m for m in methods if m.name == "conjure"), None)
+    conjure_method = next((m for m in methods if m.name in ("conjure", "conjure-cosine")), None)
     model_info = None
     if model is not None:
-        identity = next(m.identity["model"] for m in methods if m.name in ("conjure", "text-encoder"))
+        identity = next(m.identity["model"] for m in methods if m.name in ("conjure", "conjure-cosine", "text-encoder"))
         model_info = {"name": model.name, "weights": identity["weights"], "dtype": identity["dtype"],
                       "compiled": getattr(model, "compiled", False), "device": str(model.device)}
     device = str(model.device) if model is not None else str(methods[0].encoder.device)

@@ -1,6 +1,8 @@
 """The similarity methods the benchmark compares, each scoring a batch of sentence pairs.
 
     conjure        -D_J: minus the Jeffreys divergence between the two reverse diffusion processes
+    conjure-cosine the cosine of the two texts' pulls from the model's unconditional input, from D_J(a, b),
+                   D_J(a, null) and D_J(b, null) (conjure.jeffreys.cosine_from_jeffreys)
     text-encoder   cosine similarity of the evaluated model's own text embedding (CLIP's pooled
                    output for Stable Diffusion, MiniLM's mean-pooled one for the embedded model)
     minilm         cosine similarity of all-MiniLM-L6-v2 sentence embeddings (sentence-transformers)
@@ -22,13 +24,13 @@ import torch
 
 import conjure
 from conjure import validation
-from conjure.jeffreys import reweight, score_batch
+from conjure.jeffreys import cosine_from_jeffreys, reweight, score_batch
 from conjure.models.compiled import unwrapped
 from conjure.models.weights import weight_modules, weights_digest  # noqa: F401 (weight_modules: tests read it here)
 from conjure.settings import Settings
 from conjure.sts.store import PairScore, identity_key
 
-METHODS = ("conjure", "text-encoder", "minilm")
+METHODS = ("conjure", "conjure-cosine", "text-encoder", "minilm")
 BASELINES = ("text-encoder", "minilm")
 
 
@@ -98,46 +100,72 @@ class ConjureMethod:
     """
 
     name = "conjure"
+    cosine = False  # the score: -D_J (ConjureCosineMethod: the cosine)
     CACHE_FORMAT = 2  # 2: rows carry per-step gaps (rows of format 1 had totals only, under another key)
+    KEEP = ("timestep", "abar", "gap_a", "gap_b")  # per step, what the cache keeps
 
     def __init__(self, model, settings: Settings, batch_size: int | None = None):
         self.model = model
+        settings = replace(settings, cosine=self.cosine)
         # the image size resolved, so the default size and the same size given explicitly share a cache key
         run = validation.check_run(model, settings, pairs=2**31, batch_size=batch_size, option="--batch-size")
         self.settings = replace(settings, size=run.size)
         self.run = replace(run, settings=self.settings)
         self.batch_size = run.batch_size
-        cached_settings = {k: v for k, v in asdict(self.settings).items() if k != "weighting"}
-        self.identity = {"method": self.name, "score": "-jeffreys", "model": model_identity(model),
-                         "settings": cached_settings, "cache_format": self.CACHE_FORMAT,
-                         "conjure": conjure.__version__}
+        # the method names the score; the weighting is recomputed from the kept gaps
+        cached_settings = {k: v for k, v in asdict(self.settings).items() if k not in ("weighting", "cosine")}
+        self.identity = {"method": self.name, "score": "cosine" if self.cosine else "-jeffreys",
+                         "model": model_identity(model), "settings": cached_settings,
+                         "cache_format": self.CACHE_FORMAT, "conjure": conjure.__version__}
         self.key = identity_key(self.identity)
-        self.description = f"−D_J of {model.name}"
+        self.description = f"cosine of {model.name}'s pulls" if self.cosine else f"−D_J of {model.name}"
 
     def score(self, pairs: list[tuple[str, str]]) -> list[PairScore]:
         results = score_batch(self.model, validation.check_pairs(pairs, self.model), self.run)
-        keep = ("timestep", "abar", "gap_a", "gap_b")
-        return [
-            PairScore(-r.jeffreys, (bool(r.truncated[0]), bool(r.truncated[1])),
-                      {"jeffreys": r.jeffreys, "kl_ab": r.kl_ab, "kl_ba": r.kl_ba, "stderr": r.stderr,
-                       "weighting": self.settings.weighting, "per_step": {k: r.per_step[k] for k in keep}}, r.seconds)
-            for r in results
-        ]
+        scores = []
+        for r in results:
+            details = {"jeffreys": r.jeffreys, "kl_ab": r.kl_ab, "kl_ba": r.kl_ba, "stderr": r.stderr,
+                       "weighting": self.settings.weighting, "per_step": {k: r.per_step[k] for k in self.KEEP}}
+            if self.cosine:
+                details |= {"cosine": r.cosine, "jeffreys_null": r.jeffreys_null,
+                            "per_step_null": [{k: p[k] for k in self.KEEP} for p in r.per_step_null]}
+            scores.append(PairScore(self.score_of(r.jeffreys, r.cosine), (bool(r.truncated[0]), bool(r.truncated[1])),
+                                    details, r.seconds))
+        return scores
+
+    def score_of(self, jeffreys: float, cosine: float | None) -> float:
+        """-D_J, or the cosine (an undefined cosine, of a text that does not move the model, scores 0)."""
+        if not self.cosine:
+            return -jeffreys
+        return 0.0 if cosine is None else cosine
 
     def read(self, stored: dict[tuple[str, str], PairScore]) -> dict[tuple[str, str], PairScore]:
         """Stored rows as scores under this run's weighting (recomputed from the kept gaps)."""
+        w, eta = self.settings.weighting, self.settings.eta
         out = {}
         for pair, row in stored.items():
             try:
-                r = reweight(row.details["per_step"], self.settings.weighting, self.settings.eta)
+                r = reweight(row.details["per_step"], w, eta)
+                details = {**row.details, "jeffreys": r.jeffreys, "kl_ab": r.kl_ab, "kl_ba": r.kl_ba, "weighting": w}
+                cosine = None
+                if self.cosine:
+                    null = [reweight(p, w, eta).jeffreys for p in row.details["per_step_null"]]
+                    cosine = cosine_from_jeffreys(r.jeffreys, *null)
+                    details |= {"jeffreys_null": null, "cosine": cosine}
             except (KeyError, TypeError, IndexError, ValueError, conjure.ConjureError):
                 raise conjure.ConjureError(
                     f"the score cache has a damaged row for {pair!r} (no usable per-step gaps); delete that "
                     "cache file (--cache) or point --cache at a new one, and run again") from None
-            details = {**row.details, "jeffreys": r.jeffreys, "kl_ab": r.kl_ab, "kl_ba": r.kl_ba,
-                       "weighting": self.settings.weighting}
-            out[pair] = replace(row, score=-r.jeffreys, details=details)
+            out[pair] = replace(row, score=self.score_of(r.jeffreys, cosine), details=details)
         return out
+
+
+class ConjureCosineMethod(ConjureMethod):
+    """The cosine of the two texts' pulls from the model's unconditional input (conjure.jeffreys): each batch
+    also scores its distinct sentences against the null prompt; the cache keeps those per-step gaps too."""
+
+    name = "conjure-cosine"
+    cosine = True
 
 
 class TextEncoderMethod:

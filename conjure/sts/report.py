@@ -90,7 +90,7 @@ def markdown(report: dict) -> str:
     if report.get("model"):
         m = report["model"]
         out.append(f"Model: {m['name']} ({computed_in(m['dtype'], m.get('compiled', False))}) on {m['device']}.")
-    if "conjure" in report["methods"]:
+    if {"conjure", "conjure-cosine"} & set(report["methods"]):
         s = report["settings"]["estimator"]
         out.append(f"Estimator: steps={s['steps']}, samples={s['samples']}, guidance={s['guidance']}, seed={s['seed']}, "
                    f"size={s['size']}, eta={s['eta']}, weighting={s['weighting']}, "
