@@ -37,7 +37,9 @@ INTRO = """
 A text-to-image diffusion model denoises the **same starting noise** twice, once under each phrase.
 The score is the **Jeffreys divergence** between the two reverse diffusion processes
 ([Liu & Soatto, *Conjuring Semantic Similarity*](https://arxiv.org/abs/2410.16431)): the more the model's
-predictions disagree along the way, the less alike the phrases. Smaller means more similar.
+predictions disagree along the way, the less alike the phrases. Smaller means more similar. Measuring each
+phrase's pull away from what the model draws for no text at all turns it into a **cosine** of the two pulls:
+1 for the same phrase, near 0 for unrelated ones; larger means more similar.
 """
 
 

@@ -4,6 +4,8 @@
     model = conjure.load_model()                       # the embedded emoji model; or "sd-v1-4", a folder, a hub id
     r = conjure.score(model, "snow leopard", "bengal tiger")
     r.jeffreys, r.kl_ab, r.kl_ba, r.stderr, r.per_step
+    r = conjure.score(model, "snow leopard", "bengal tiger", cosine=True)
+    r.cosine, r.cosine_percentile                      # the two texts' pulls as a cosine: 1 = the same
     for event in conjure.stream(model, "snow leopard", "bengal tiger"):
         event.step, event.image_a, event.image_b, event.jeffreys
     results = conjure.score_pairs(model, [("a", "b"), ...])            # batch size chosen from model and device
@@ -15,7 +17,7 @@
 The divergence is the Jeffreys divergence between the reverse diffusion processes
 that the model runs under each text (Liu & Soatto, "Conjuring Semantic
 Similarity", ICLR 2026). Estimator settings are keyword arguments: steps,
-samples, guidance, seed, size, eta, weighting (see `conjure.Settings`); the limits of one call
+samples, guidance, seed, size, eta, weighting, cosine (see `conjure.Settings`); the limits of one call
 (phrases, candidates, morph stages, words) are `conjure.LIMITS` (see `conjure.Limits`).
 
     jeffreys.py      the estimator, top to bottom          sampler.py    the one sampler (schedule, noise)

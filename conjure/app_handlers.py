@@ -199,8 +199,10 @@ def check_between(name: str, value: int, low: int, high: int | None) -> int:
     return value
 
 
-def check_settings_request(model_name, steps, samples, guidance, seed, size, limits: Limits) -> tuple[str, Settings]:
-    """The model and estimator settings both tabs take, as sent: the model's name and a checked `Settings`."""
+def check_settings_request(model_name, steps, samples, guidance, seed, size, limits: Limits,
+                           cosine: bool = False) -> tuple[str, Settings]:
+    """The model and estimator settings every tab takes, as sent: the model's name and a checked `Settings`
+    (`cosine`: whether the tab reports the cosine, which Compare two does)."""
     if not isinstance(model_name, str) or model_name not in allowed_models():
         raise ConjureError(f"unknown model {model_name!r}; choose one of: {', '.join(allowed_models())}")
     if isinstance(guidance, str):  # sent as text through the API
@@ -215,7 +217,8 @@ def check_settings_request(model_name, steps, samples, guidance, seed, size, lim
                                               limits.max_samples),
                         guidance=float(guidance),
                         seed=check_between("seed", whole_number("seed", seed), 0, SEED_MAX),
-                        size=check_between("image size", whole_number("image size", size or 0), 0, limits.max_size))
+                        size=check_between("image size", whole_number("image size", size or 0), 0, limits.max_size),
+                        cosine=cosine)
     return model_name, settings
 
 
@@ -233,7 +236,8 @@ def check_request(text_a, text_b, model_name, steps, samples, guidance, seed, si
     """The validated "Compare two" request, or a ConjureError saying what is wrong."""
     limits = limits or app_limits()
     prompts = [check_text_request(text, f"prompt {which}", limits) for which, text in (("A", text_a), ("B", text_b))]
-    model_name, settings = check_settings_request(model_name, steps, samples, guidance, seed, size, limits)
+    model_name, settings = check_settings_request(model_name, steps, samples, guidance, seed, size, limits,
+                                                  cosine=True)
     return {"text_a": prompts[0], "text_b": prompts[1], "model": model_name, "settings": settings,
             "stages": check_stages(whole_number("morph stages", stages), limits)}
 
@@ -369,23 +373,30 @@ def progress_bar(done: int, total: int, width: int = 20) -> str:
 
 
 def format_result(result, cosine: float, encoder: str) -> str:
-    """What the images say beside what the words say."""
+    """What the images say beside what the words say: the images' cosine (of the two prompts' pulls away from
+    no text, conjure.jeffreys) beside the text embeddings' cosine."""
     number = animation.format_number
     se = f" ± {number(result.stderr)}" if result.stderr is not None else ""
     k = result.settings["samples"]
     spread = f"± is the standard error over k = {k} noise draws" if k > 1 else "k = 1 noise draw: no standard error"
-    if result.percentile is not None:
-        scale = f"closer than **{result.percentile:.1f}%** of random pairs of everyday phrases"
-    else:
-        scale = "no calibration for these settings (`python -m conjure calibrate`)"
+    uncalibrated = "no calibration for these settings (`python -m conjure calibrate`)"
+    if result.cosine is not None:
+        images = f"**cosine {result.cosine:.3f}**"
+        scale = (f"closer than **{result.cosine_percentile:.1f}%** of random pairs of everyday phrases"
+                 if result.cosine_percentile is not None else uncalibrated)
+    else:  # a prompt that does not move the model away from no text at all: no direction, no cosine
+        images, scale = "**cosine undefined**", "a prompt draws what no text draws"
+    by_divergence = f" (closer than {result.percentile:.1f}% by it)" if result.percentile is not None else ""
+    pull_a, pull_b = result.pulls
     return "\n".join([
         "| what the images say | what the words say |",
         "|---|---|",
-        f"| **Jeffreys divergence {number(result.jeffreys)}{se}** nats | **cosine similarity {cosine:.3f}** |",
-        f"| {scale} | |",
-        "| smaller = more alike | larger = more alike |",
-        f"| KL(A‖B) along A {number(result.kl_ab)} · KL(B‖A) along B {number(result.kl_ba)} · {spread} "
-        f"| {encoder} embeddings of the two prompts |",
+        f"| {images} | **cosine similarity {cosine:.3f}** |",
+        f"| {scale} | {encoder} embeddings of the two prompts |",
+        "| larger = more alike | larger = more alike |",
+        f"| Jeffreys divergence {number(result.jeffreys)}{se} nats{by_divergence}; each prompt's pull from no "
+        f"text: A {number(pull_a)}, B {number(pull_b)} | |",
+        f"| KL(A‖B) along A {number(result.kl_ab)} · KL(B‖A) along B {number(result.kl_ba)} · {spread} | |",
         "",
         f"{result.model} ({result.dtype}) · {result.settings['steps']} steps · "
         f"guidance {result.settings['guidance']:g} · seed {result.settings['seed']} · {result.seconds:.1f} s",
@@ -429,8 +440,10 @@ def reports_errors(handler):
 
 
 def done(result) -> str:
-    closer = f" (closer than {result.percentile:.0f}% of random pairs)" if result.percentile is not None else ""
-    return f"**Done: Jeffreys divergence {animation.format_number(result.jeffreys)}**{closer}"
+    cosine = "" if result.cosine is None else f", cosine {result.cosine:.2f}"
+    closer = (f" (closer than {result.cosine_percentile:.0f}% of random pairs)"
+              if result.cosine_percentile is not None else "")
+    return f"**Done: Jeffreys divergence {animation.format_number(result.jeffreys)}{cosine}**{closer}"
 
 
 def loading(model_name: str) -> str:

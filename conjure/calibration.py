@@ -30,7 +30,7 @@ import numpy as np
 
 from conjure import validation
 from conjure.errors import ConjureError
-from conjure.jeffreys import cosine_from_jeffreys, reweight, score_batches
+from conjure.jeffreys import reweight, score_batches
 from conjure.models.weights import weight_modules, weights_digest
 from conjure.settings import Settings
 
@@ -102,10 +102,9 @@ class Calibration:
     model: str
     settings: dict  # the settings it was run with (samples and seed included, for the record)
     pairs: list[tuple[str, str]]
-    per_step: list[dict]  # per pair: timestep, abar, gap_a, gap_b (weighting-free)
-    # per phrase of the pairs, the same for (phrase, the model's unconditional input): the cosines' reference
-    # (None in calibrations made before conjure computed cosines)
-    null_per_step: dict[str, dict] | None = None
+    # per pair: timestep, abar, gap_a, gap_b (weighting-free), and pull_a, pull_b for the cosines (absent in
+    # calibrations made before conjure computed cosines)
+    per_step: list[dict]
 
     def reference(self, weighting: str) -> np.ndarray:
         """The sorted reference divergences under a weighting."""
@@ -117,13 +116,10 @@ class Calibration:
         return float(100.0 * (len(ref) - np.searchsorted(ref, jeffreys, side="right")) / len(ref))
 
     def reference_cosines(self, weighting: str) -> np.ndarray | None:
-        """The sorted reference cosines under a weighting; None without the null divergences."""
-        if self.null_per_step is None:
+        """The sorted reference cosines under a weighting; None for a calibration made without the pulls."""
+        if not all("pull_a" in p for p in self.per_step):
             return None
-        eta = self.key["eta"]
-        null = {phrase: reweight(p, weighting, eta).jeffreys for phrase, p in self.null_per_step.items()}
-        cosines = [cosine_from_jeffreys(reweight(p, weighting, eta).jeffreys, null[a], null[b])
-                   for (a, b), p in zip(self.pairs, self.per_step)]
+        cosines = [reweight(p, weighting, self.key["eta"]).cosine for p in self.per_step]
         return np.sort([c for c in cosines if c is not None])
 
     def cosine_percentile(self, cosine: float, weighting: str) -> float | None:
@@ -139,17 +135,13 @@ def calibrate(model, pairs: int = 300, batch_size: int | None = None, progress: 
     from conjure.models import load_model
 
     model = load_model(model)
-    s = replace(validation.make_settings(settings), cosine=True)  # the null divergences: the cosines' reference
+    s = replace(validation.make_settings(settings), cosine=True)  # the pulls: the cosines' reference
     drawn = reference_pairs(pairs)
     run = validation.check_run(model, s, pairs=len(drawn), batch_size=batch_size)
     results = score_batches(model, drawn, run, progress)
-    keep = ("timestep", "abar", "gap_a", "gap_b")
-    null = {}
-    for r in results:
-        for phrase, per_step in zip((r.text_a, r.text_b), r.per_step_null):
-            null[phrase] = {k: per_step[k] for k in keep}
+    keep = ("timestep", "abar", "gap_a", "gap_b", "pull_a", "pull_b")
     return Calibration(calibration_key(model, s), model.name, asdict(s), drawn,
-                       [{k: r.per_step[k] for k in keep} for r in results], dict(sorted(null.items())))
+                       [{k: r.per_step[k] for k in keep} for r in results])
 
 
 # --- where calibrations live ------------------------------------------------------------
@@ -185,8 +177,7 @@ def _read_file(path: str, mtime_ns: int, size: int) -> tuple[Calibration, ...]:
         data = json.loads(path.read_text())
         if data.get("format") != FORMAT:
             raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
-        return tuple(Calibration(e["key"], e["model"], e["settings"], [tuple(p) for p in e["pairs"]], e["per_step"],
-                                 e.get("null_per_step"))
+        return tuple(Calibration(e["key"], e["model"], e["settings"], [tuple(p) for p in e["pairs"]], e["per_step"])
                      for e in data["calibrations"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConjureError(f"{path}: not a readable calibration file ({err}); delete it and run "

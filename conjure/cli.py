@@ -115,13 +115,13 @@ def score_output(args) -> tuple[Path | None, list[dict], int | None]:
 
 def cosine_lines(r) -> list[str]:
     """The cosine's lines of a result scored with --cosine; none without it."""
-    if r.jeffreys_null is None:
+    if r.pulls is None:
         return []
     cosine = "undefined (a text does not move the model)" if r.cosine is None else f"{r.cosine:.4f}"
     if r.cosine_percentile is not None:
         cosine += f", closer than {r.cosine_percentile:.1f}% of random pairs of everyday phrases"
     return [f"  cosine               {cosine}",
-            f"  against no text      D_J(A, null) {r.jeffreys_null[0]:.4f}, D_J(B, null) {r.jeffreys_null[1]:.4f}"]
+            f"  pull from no text    A {r.pulls[0]:.4f}, B {r.pulls[1]:.4f} (nats, weighted as the divergence)"]
 
 
 def format_result(r) -> str:

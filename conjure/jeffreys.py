@@ -42,19 +42,20 @@ per distinct prompt and makes each evaluation once however many pairs read it (N
 against each other: N^2 evaluations per step, not 4 per pair); at the first step, where
 every trajectory is still at x_T, one evaluation per distinct prompt serves them all.
 
-The cosine (`cosine=True`) turns the divergence into a similarity on a fixed scale. By Girsanov,
-D_J(a, b) is a weighted squared distance between eps(x|a) and eps(x|b); taking the unconditional
-prediction eps(x|null) as the origin, D_J(a, null) and D_J(b, null) are the squared lengths of each
-text's pull eps(x|text) - eps(x|null), and the law of cosines gives the cosine of the angle between
-the two pulls:
+The cosine (setting `cosine=True`) turns the divergence into a similarity on a fixed scale. At
+every visited state the model is also evaluated under the null prompt (no text), and each text's
+pull on the model, u = eps(x|a) - eps(x|null) and v = eps(x|b) - eps(x|null), is weighted as the
+gaps are: P_a = sum_i w_i (||u||^2 at x_A + at x_B) / 2, likewise P_b, so that D_J = P_a + P_b - 2 U
+with U the same sum of <u, v>. The cosine of the two pulls is then
 
-    cos(a, b) = (D_J(a, null) + D_J(b, null) - D_J(a, b)) / (2 sqrt(D_J(a, null) D_J(b, null))).
+    cos(a, b) = U / sqrt(P_a P_b) = (P_a + P_b - D_J) / (2 sqrt(P_a P_b)),
 
-It is 1 for identical texts and near 0 for texts that move the model in unrelated directions; it
-no longer grows with how strongly each text alone moves the model (a vague word pulls little, a
-vivid one a lot), which the raw divergence mixes into every pair. The null divergences cost one more
-trajectory per batch (the null prompt's) and two more evaluations per distinct prompt per step. The
-three divergences are measured on different trajectories, so |cos| can exceed 1 slightly.
+the law of cosines with D_J as the squared distance and the null prompt as the origin. It is 1 for
+identical texts, near 0 for texts that move the model in unrelated directions, and in [-1, 1]; it no
+longer grows with how strongly each text alone moves the model (a vague word pulls little, a vivid
+one a lot), which the raw divergence mixes into every pair. Under classifier-free guidance the null
+evaluations are already made, and guidance scales both pulls alike, so the cosine is free and does
+not depend on the scale; without guidance it costs two more evaluations per pair and step (6, not 4).
 """
 
 from __future__ import annotations
@@ -116,12 +117,12 @@ def step_weights(abars: Sequence[float], eta: float, weighting: str) -> list[flo
     raise ConjureError(f"unknown weighting {weighting!r}; use one of {', '.join(WEIGHTINGS)}")
 
 
-def cosine_from_jeffreys(d_ab: float, d_a_null: float, d_b_null: float) -> float | None:
-    """The law of cosines on three divergences (see the module docstring); None where a text does not move the
-    model at all (a null divergence of 0), since the angle of a zero pull is undefined."""
-    if not (d_a_null > 0 and d_b_null > 0):
+def cosine_from_pulls(jeffreys: float, pull_a: float, pull_b: float) -> float | None:
+    """The law of cosines (see the module docstring): (P_a + P_b - D_J) / (2 sqrt(P_a P_b)); None where a text
+    does not move the model at all (a pull of 0), since the angle of a zero pull is undefined."""
+    if not (pull_a > 0 and pull_b > 0):
         return None
-    return (d_a_null + d_b_null - d_ab) / (2 * math.sqrt(d_a_null * d_b_null))
+    return (pull_a + pull_b - jeffreys) / (2 * math.sqrt(pull_a * pull_b))
 
 
 # --- results ------------------------------------------------------------------------
@@ -146,7 +147,8 @@ class JeffreysResult:
     stderr: float | None  # standard error of jeffreys over the k samples (None for k = 1)
     # Per sampler step, means over samples: "timestep", "abar" (abar of the timestep), "weight" (w_i),
     # "kl_ab", "kl_ba" (the weighted terms, summing to kl_ab and kl_ba), and "gap_a", "gap_b": the unweighted
-    # ||eps(x|a) - eps(x|b)||^2 at trajectory A's and B's states, from which `reweight` recomputes any weighting.
+    # ||eps(x|a) - eps(x|b)||^2 at trajectory A's and B's states, from which `reweight` recomputes any weighting;
+    # with cosine=True also "pull_a", "pull_b": ||eps(x|a) - eps(x|null)||^2 (and b's), the mean over both states.
     per_step: dict
     per_sample: list[float]  # jeffreys of each noise sample
     seconds: float
@@ -160,11 +162,10 @@ class JeffreysResult:
     rewritten: list[str | None] = field(default_factory=lambda: [None, None])
     dims: int = 0  # numbers in one state (C*H*W): divide by it to compare models with different state sizes
     percentile: float | None = None  # % of random everyday phrase pairs that are farther apart (see conjure.calibration)
-    # With cosine=True (else None): [D_J(a, null), D_J(b, null)], each text against the model's unconditional
-    # input; their per-step numbers (as `per_step`, so `reweight` applies); the cosine of the two texts' pulls
-    # (`cosine_from_jeffreys`); and the % of random everyday phrase pairs with a smaller cosine.
-    jeffreys_null: list[float] | None = None
-    per_step_null: list[dict] | None = None
+    # With cosine=True (else None): [P_a, P_b], each text's weighted squared pull away from the null prompt at the
+    # pair's states (per step: per_step["pull_a"], ["pull_b"]); the cosine of the two pulls (`cosine_from_pulls`);
+    # and the % of random everyday phrase pairs with a smaller cosine.
+    pulls: list[float] | None = None
     cosine: float | None = None
     cosine_percentile: float | None = None
     images: tuple[np.ndarray, np.ndarray] | None = None  # final sample 0 of trajectories A and B (uint8 HWC)
@@ -222,6 +223,8 @@ class BatchStep:
     eps_gap: torch.Tensor  # (P, 2, k, C, H, W) eps(x|a) - eps(x|b) at each trajectory's state
     truncated: list[list[bool]]
     rewritten: list[list[str | None]] = field(default_factory=list)  # per pair: the texts read, where rewritten
+    # with cosine=True: (P, 2, 2, k) ||eps(x|prompt) - eps(x|null)||^2 at [:, trajectory, prompt a or b]
+    pull_sq: torch.Tensor | None = None
 
 
 # --- the estimator ----------------------------------------------------------------
@@ -231,56 +234,40 @@ class BatchStep:
 def jeffreys_steps(model, pairs: Sequence[tuple[str, str]], run: Checked) -> Iterator[BatchStep]:
     """Run both trajectories of every pair, one batched model call per step; yield each step's KL terms.
 
-    With the setting `cosine`, the steps also carry, after the P given pairs, one pair (prompt, null) per distinct prompt
-    in `null_pairs(pairs)` order: each prompt against the model's unconditional input.
     Trusts its input: the pairs and `run` were checked at the entry point (`conjure.score`, the CLI, the app).
     """
     # Text is encoded once per distinct prompt.
-    prompts = null_pairs(pairs)
+    prompts = sorted({p for pair in pairs for p in pair})
     row_of = {p: i for i, p in enumerate(prompts)}
     cond = model.encode(prompts)
     truncated = [[cond.truncated[row_of[a]], cond.truncated[row_of[b]]] if cond.truncated else [False, False]
                  for a, b in pairs]
     rewritten = [[cond.rewritten[row_of[a]], cond.rewritten[row_of[b]]] if cond.rewritten else [None, None]
                  for a, b in pairs]
-    rows = [(row_of[a], row_of[b]) for a, b in pairs]
-    null = None
-    if run.settings.cosine:  # the null prompt is one more trajectory, and each prompt is paired with it
-        null = len(prompts)
-        truncated += [[bool(cond.truncated[u]) if cond.truncated else False, False] for u in range(null)]
-        rewritten += [[cond.rewritten[u] if cond.rewritten else None, None] for u in range(null)]
-        cond = Conditioning.cat([cond, model.encode_null()])
-        rows += [(u, null) for u in range(null)]
-    yield from conditioned_steps(model, cond, rows, run, truncated, rewritten, null_row=null)
-
-
-def null_pairs(pairs: Sequence[tuple[str, str]]) -> list[str]:
-    """The distinct prompts of a batch, in the order `jeffreys_steps(..., cosine=True)` pairs them with null."""
-    return sorted({p for pair in pairs for p in pair})
+    yield from conditioned_steps(model, cond, [(row_of[a], row_of[b]) for a, b in pairs], run, truncated, rewritten)
 
 
 @validation.reports_out_of_memory
 def conditioned_steps(model, cond: Conditioning, pairs: Sequence[tuple[int, int]], run: Checked,
                       truncated: list[list[bool]] | None = None,
-                      rewritten: list[list[str | None]] | None = None,
-                      null_row: int | None = None) -> Iterator[BatchStep]:
+                      rewritten: list[list[str | None]] | None = None) -> Iterator[BatchStep]:
     """`jeffreys_steps` on conditioning rows instead of texts: pair p compares rows pairs[p] of `cond`.
 
     For callers that build conditioning themselves (`conjure.explain` leaves words out, and compares a
     one-word prompt against the model's unconditional input). Every row must belong to a pair (each row is a
-    trajectory). `null_row`: the row that is the model's unconditional input, where `cond` has one; guidance
-    reads it instead of adding another. Trusts `run`, checked at the entry point.
+    trajectory). Trusts `run`, checked at the entry point.
     """
     settings, size = run.settings, run.size
     # Guidance: an unconditional branch, or for a guidance-distilled model (Flux-dev) an input of each row.
-    k, use_null = settings.samples, uses_null_prompt(model, settings.guidance)
+    # The cosine reads every state under the null prompt too (guidance already does, where it guides by it).
+    k, guide = settings.samples, uses_null_prompt(model, settings.guidance)
+    use_null = guide or settings.cosine
     truncated = truncated or [[False, False] for _ in pairs]
     rewritten = rewritten or [[None, None] for _ in pairs]
-    n_rows = len(cond)
-    cond = with_guidance(model, cond, settings.guidance)
-    null = n_rows if null_row is None else null_row
-    if use_null and null_row is None:  # the null prompt is the last row
+    n_rows = null = len(cond)
+    if use_null:  # the null prompt is the last row (with the guidance input too, on a model that takes one)
         cond = Conditioning.cat([cond, model.encode_null()])
+    cond = with_guidance(model, cond, settings.guidance)
     pairs = [(int(a), int(b)) for a, b in pairs]
 
     # One trajectory per distinct prompt, sampled under it: with common random numbers a prompt's trajectory
@@ -294,12 +281,12 @@ def conditioned_steps(model, cond: Conditioning, pairs: Sequence[tuple[int, int]
     column = {uv: j for j, uv in enumerate(needed)}
     trajectories = torch.tensor(pairs)  # (P, 2): pair p's A and B
     # eps[p, trajectory, slot] = evaluation reads[p, trajectory, slot]; slots: prompt a, prompt b, null
-    # (without guidance the null slot repeats prompt a's and is never used).
+    # (without guidance or the cosine the null slot repeats prompt a's and is never used).
     reads = torch.tensor([[[column[(u, a)], column[(u, b)], column[(u, null if use_null else a)]] for u in (a, b)]
                           for a, b in pairs])
     # Each trajectory follows its own prompt (guided by the null prompt's eps under guidance).
     own = torch.tensor([column[(u, u)] for u in range(n_rows)])
-    own_null = torch.tensor([column[(u, null)] for u in range(n_rows)]) if use_null else None
+    own_null = torch.tensor([column[(u, null)] for u in range(n_rows)]) if guide else None
     # At step 0 every trajectory is still at the shared x_T, so one evaluation per distinct prompt serves all.
     first_rows = sorted({v for _, v in needed})
     first_column = {v: j for j, v in enumerate(first_rows)}
@@ -327,18 +314,26 @@ def conditioned_steps(model, cond: Conditioning, pairs: Sequence[tuple[int, int]
 
         eps = evaluations[reads.to(out.device)]  # (P, 2, 3, k, C, H, W)
         eps_null = eps[:, :, 2] if use_null else None
-        eps_a = guided(eps[:, :, 0], eps_null, settings.guidance)  # (P, 2, k, C, H, W), under prompt a
-        eps_b = guided(eps[:, :, 1], eps_null, settings.guidance)
+        eps_a = guided(eps[:, :, 0], eps_null if guide else None, settings.guidance)  # (P, 2, k, C, H, W), under a
+        eps_b = guided(eps[:, :, 1], eps_null if guide else None, settings.guidance)
         gap = eps_a - eps_b
-        gap_sq = gap.double().pow(2).flatten(3).sum(-1).cpu()  # (P, 2, k)
+        gap_sq = squared_norm(gap)  # (P, 2, k)
         kl = weights[i] * gap_sq
+        # each prompt's pull from the null prompt, as guided: gap = pull_a - pull_b exactly
+        pull_sq = torch.stack([squared_norm(eps_a - eps_null), squared_norm(eps_b - eps_null)], 2) \
+            if settings.cosine else None
 
         # Every trajectory steps under its own prompt; all use the same noise.
         eps_own = guided(evaluations[own.to(out.device)],
                          None if own_null is None else evaluations[own_null.to(out.device)], settings.guidance)
         x0, x = advance(x, eps_own, step, noises[i])
         yield BatchStep(i, step.timestep, step.abar_t, weights[i], gap_sq, kl[:, 0], kl[:, 1],
-                        x0[trajectories.to(x0.device)], gap, truncated, rewritten)
+                        x0[trajectories.to(x0.device)], gap, truncated, rewritten, pull_sq)
+
+
+def squared_norm(eps: torch.Tensor) -> torch.Tensor:
+    """||.||^2 over each state's numbers (C, H, W), in float64 on the CPU: (P, 2, k, C, H, W) -> (P, 2, k)."""
+    return eps.double().pow(2).flatten(3).sum(-1).cpu()
 
 
 def summarize(pairs, steps: list[BatchStep], seconds, settings, model, truncated) -> list[JeffreysResult]:
@@ -346,6 +341,7 @@ def summarize(pairs, steps: list[BatchStep], seconds, settings, model, truncated
     gaps = torch.stack([s.gap_sq for s in steps])  # (steps, P, 2, k)
     w = torch.tensor([s.weight for s in steps], dtype=gaps.dtype).view(-1, 1, 1, 1)
     kl = w * gaps
+    pull_sq = torch.stack([s.pull_sq for s in steps]) if steps[0].pull_sq is not None else None  # (steps, P, 2, 2, k)
     dims = int(np.prod(model.latent_shape(settings.size or model.default_size)))
     results = []
     for p, (a, b) in enumerate(pairs):
@@ -362,6 +358,12 @@ def summarize(pairs, steps: list[BatchStep], seconds, settings, model, truncated
             "kl_ab": kl[:, p, 0].mean(1).tolist(), "kl_ba": kl[:, p, 1].mean(1).tolist(),
             "gap_a": gaps[:, p, 0].mean(1).tolist(), "gap_b": gaps[:, p, 1].mean(1).tolist(),
         }
+        pulls = cosine = None
+        if pull_sq is not None:  # each prompt's pull: the mean over both trajectories' states, weighted as the gaps
+            per_step["pull_a"] = pull_sq[:, p, :, 0].mean((1, 2)).tolist()
+            per_step["pull_b"] = pull_sq[:, p, :, 1].mean((1, 2)).tolist()
+            pulls = [float((w.flatten() * pull_sq[:, p, :, which].mean((1, 2))).sum()) for which in (0, 1)]
+            cosine = cosine_from_pulls(float(j.mean()), *pulls)
         results.append(JeffreysResult(
             text_a=a, text_b=b,
             jeffreys=float(j.mean()), kl_ab=float(kl_ab.mean()), kl_ba=float(kl_ba.mean()),
@@ -369,6 +371,7 @@ def summarize(pairs, steps: list[BatchStep], seconds, settings, model, truncated
             per_step=per_step, per_sample=j.tolist(), seconds=seconds, settings=asdict(settings), model=model.name,
             dtype=dtype_name(model), compiled=getattr(model, "compiled", False), truncated=truncated[p],
             rewritten=steps[-1].rewritten[p] if steps[-1].rewritten else [None, None], dims=dims,
+            pulls=pulls, cosine=cosine,
         ))
     return results
 
@@ -380,6 +383,8 @@ class Reweighted:
     jeffreys: float
     kl_ab_per_step: list[float]
     kl_ba_per_step: list[float]
+    pulls: list[float] | None = None  # [P_a, P_b], where the gaps were kept with the pulls (cosine=True)
+    cosine: float | None = None
 
 
 def reweight(per_step: dict, weighting: str, eta: float = 1.0, steps: Sequence[int] | None = None) -> Reweighted:
@@ -396,31 +401,12 @@ def reweight(per_step: dict, weighting: str, eta: float = 1.0, steps: Sequence[i
     chosen = set(range(len(w)) if steps is None else steps)
     ab = [w[i] * gap_a[i] if i in chosen else 0.0 for i in range(len(w))]
     ba = [w[i] * gap_b[i] if i in chosen else 0.0 for i in range(len(w))]
-    return Reweighted(sum(ab), sum(ba), (sum(ab) + sum(ba)) / 2, ab, ba)
-
-
-def with_null_pairs(pairs: Sequence[tuple[str, str]], settings: Settings) -> list[tuple[str, str]]:
-    """The pairs `jeffreys_steps` runs, as texts: the given ones, then with the setting `cosine` (prompt, "") for
-    each distinct prompt, "" standing for the model's unconditional input."""
-    return list(pairs) + ([(p, "") for p in null_pairs(pairs)] if settings.cosine else [])
-
-
-def add_cosines(results: list[JeffreysResult], null_results: list[JeffreysResult]) -> None:
-    """Set each result's null divergences and cosine from the (prompt, null) results of its batch."""
-    of = {r.text_a: r for r in null_results}
-    for r in results:
-        a, b = of[r.text_a], of[r.text_b]
-        r.jeffreys_null = [a.jeffreys, b.jeffreys]
-        r.per_step_null = [a.per_step, b.per_step]
-        r.cosine = cosine_from_jeffreys(r.jeffreys, a.jeffreys, b.jeffreys)
-
-
-def summarize_with_cosines(pairs, steps: list[BatchStep], seconds, settings, model) -> list[JeffreysResult]:
-    """`summarize` for the pairs of a `jeffreys_steps` run, with the cosines where the settings ask for them."""
-    results = summarize(with_null_pairs(pairs, settings), steps, seconds, settings, model, steps[-1].truncated)
-    if settings.cosine:
-        add_cosines(results[: len(pairs)], results[len(pairs):])
-    return results[: len(pairs)]
+    jeffreys = (sum(ab) + sum(ba)) / 2
+    pulls = cosine = None
+    if "pull_a" in per_step:  # kept with cosine=True
+        pulls = [sum(w[i] * pull[i] for i in chosen) for pull in (per_step["pull_a"], per_step["pull_b"])]
+        cosine = cosine_from_pulls(jeffreys, *pulls)
+    return Reweighted(sum(ab), sum(ba), jeffreys, ab, ba, pulls, cosine)
 
 
 def score_batch(model, pairs: Sequence[tuple[str, str]], run: Checked) -> list[JeffreysResult]:
@@ -428,7 +414,7 @@ def score_batch(model, pairs: Sequence[tuple[str, str]], run: Checked) -> list[J
     start = time.perf_counter()
     steps = [replace(event, x0=None, eps_gap=None) for event in jeffreys_steps(model, pairs, run)]
     seconds = (time.perf_counter() - start) / len(pairs)
-    return summarize_with_cosines(list(pairs), steps, seconds, run.settings, model)
+    return summarize(list(pairs), steps, seconds, run.settings, model, steps[-1].truncated)
 
 
 def score_batches(model, pairs: Sequence[tuple[str, str]], run: Checked, progress: bool = False) -> list[JeffreysResult]:
@@ -463,8 +449,8 @@ def stream(model, text_a: str, text_b: str, run: Checked, previews: bool = True,
         steps.append(replace(event, x0=None, eps_gap=None))  # keep the numbers, not the states
         result = None
         if last:
-            result = summarize_with_cosines([(text_a, text_b)], steps, time.perf_counter() - start, settings,
-                                            model)[0]
+            result = summarize([(text_a, text_b)], steps, time.perf_counter() - start, settings, model,
+                               event.truncated)[0]
             result.images = (image_a, image_b)
         yield StepEvent(
             step=event.index + 1, steps=settings.steps, timestep=event.timestep, kl_ab=kl_ab, kl_ba=kl_ba,

@@ -48,8 +48,8 @@ def add_estimator_options(p: argparse.ArgumentParser) -> None:
 
 def add_cosine_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cosine", action="store_true",
-                   help="also score each text against the model's unconditional input and report the cosine of the "
-                        "two texts' pulls (a similarity on a fixed scale, 1 = the same; about twice the cost)")
+                   help="also read every state under the null prompt and report the cosine of the two texts' pulls "
+                        "away from it: a similarity from -1 to 1 (1 = the same); free under guidance, else 1.5x")
 
 
 def settings_from(args) -> Settings:

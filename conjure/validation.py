@@ -341,9 +341,9 @@ def decode_activations(model, size: int) -> int:
 
 
 def evaluations_per_pair(settings) -> int:
-    """Model evaluations per pair, sample and step, at most: 4 states x prompts (6 with classifier-free guidance);
-    the cosine adds the null trajectory under both prompts and, without guidance, both trajectories under null."""
-    return 8 if settings.cosine else 6 if settings.guidance != 1 else 4
+    """Model evaluations per pair, sample and step, at most: both states under both prompts, and under the null
+    prompt too with classifier-free guidance or the cosine."""
+    return 6 if settings.guidance != 1 or settings.cosine else 4
 
 
 def estimate_memory(model, settings, batch_size: int, decoded_images: int = 0) -> MemoryEstimate:

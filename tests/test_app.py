@@ -41,7 +41,7 @@ def is_skip(value) -> bool:
 def test_check_request_returns_clean_values():
     r = request(text_a="  snow leopard ", steps=4.0, size="32", seed=5)
     assert r == {"text_a": "snow leopard", "text_b": "tiger", "model": "emoji", "stages": 3,
-                 "settings": Settings(steps=4, samples=1, guidance=1.0, seed=5, size=32)}
+                 "settings": Settings(steps=4, samples=1, guidance=1.0, seed=5, size=32, cosine=True)}
     assert request(size=0)["settings"].size is None and request(size=None)["settings"].size is None
     assert request(seed=SEED_MAX)["settings"].seed == SEED_MAX  # the library's seed range, not 2**31 - 1
 
@@ -192,6 +192,9 @@ def test_run_streams_steps_in_order_then_the_result_then_gifs():
     assert details["jeffreys"] == pytest.approx((details["kl_ab"] + details["kl_ba"]) / 2)
     assert -1 <= details["text_similarity"] <= 1 and "MiniLM" in details["text_encoder"]
     assert "Jeffreys divergence" in results[0][OUT["result"]] and "cosine similarity" in results[0][OUT["result"]]
+    # the images' cosine, of the two prompts' pulls away from no text, beside the words' cosine
+    assert -1 <= details["cosine"] <= 1 and min(details["pulls"]) > 0 and details["settings"]["cosine"]
+    assert f"**cosine {details['cosine']:.3f}**" in results[0][OUT["result"]]
 
 
 def plot_points(plot) -> list[tuple[str, str]]:

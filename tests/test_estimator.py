@@ -259,30 +259,32 @@ def test_stream_yields_every_step_and_ends_with_the_result(tiny_sd1):
     assert final_a.shape == (32, 32, 3)
 
 
-# --- the cosine: each prompt against the unconditional input ---------------------------------------------
+# --- the cosine: each prompt's pull away from the null prompt -------------------------------------------
 
 
-def test_cosine_is_the_law_of_cosines_on_three_squared_distances():
-    from conjure.jeffreys import cosine_from_jeffreys
+def test_cosine_is_the_law_of_cosines_with_the_divergence_as_squared_distance():
+    from conjure.jeffreys import cosine_from_pulls
 
     g = torch.Generator().manual_seed(0)
     for _ in range(5):
         u, v = torch.randn(7, generator=g, dtype=torch.float64), torch.randn(7, generator=g, dtype=torch.float64)
         cos = float(u @ v / (u.norm() * v.norm()))
-        assert cosine_from_jeffreys(float((u - v).pow(2).sum()), float(u @ u), float(v @ v)) == pytest.approx(cos)
-    assert cosine_from_jeffreys(0.0, 2.0, 2.0) == 1.0  # identical texts
-    assert cosine_from_jeffreys(1.0, 0.0, 2.0) is None  # a text that does not move the model has no direction
+        assert cosine_from_pulls(float((u - v).pow(2).sum()), float(u @ u), float(v @ v)) == pytest.approx(cos)
+    assert cosine_from_pulls(0.0, 2.0, 2.0) == 1.0  # identical texts
+    assert cosine_from_pulls(1.0, 0.0, 2.0) is None  # a text that does not move the model has no direction
 
 
-def test_cosine_of_the_gaussian_model_is_the_cosine_of_its_means(gaussian):
-    """Its null prompt has mean 0 and every prompt gap is (x-independent) c_t (m_a - m_b), so the three
-    divergences are one constant times ||m_a - m_b||^2, ||m_a||^2, ||m_b||^2: the cosine is cos(m_a, m_b)."""
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_cosine_of_the_gaussian_model_is_the_cosine_of_its_means(gaussian, guidance):
+    """Its null prompt has mean 0 and every pull eps(x|y) - eps(x|null) = -sqrt(abar (1 - abar)) m_y is the same
+    at every state, so the pulls are one constant times ||m_a||^2 and ||m_b||^2 and the cosine is cos(m_a, m_b),
+    whatever the guidance scale (which scales both pulls alike)."""
     for a, b in [("cat", "dog"), ("cat", "car"), ("dog", "car")]:
         m_a, m_b = gaussian.means[a].flatten().double(), gaussian.means[b].flatten().double()
-        r = conjure.score(gaussian, a, b, cosine=True, steps=20)
+        r = conjure.score(gaussian, a, b, cosine=True, steps=20, guidance=guidance)
         assert r.cosine == pytest.approx(float(m_a @ m_b / (m_a.norm() * m_b.norm())), rel=1e-5)
-        assert r.jeffreys_null[0] / r.jeffreys == pytest.approx(float(m_a @ m_a / (m_a - m_b).pow(2).sum()), rel=1e-5)
-    assert conjure.score(gaussian, "cat", "cat", cosine=True).cosine == 1.0
+        assert r.pulls[0] / r.jeffreys == pytest.approx(float(m_a @ m_a / (m_a - m_b).pow(2).sum()), rel=1e-5)
+    assert conjure.score(gaussian, "cat", "cat", cosine=True).cosine == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("guidance", [1.0, 3.0])
@@ -290,27 +292,25 @@ def test_cosine_leaves_the_divergence_unchanged_and_is_symmetric(tiny_sd1, guida
     plain = conjure.score(tiny_sd1, "snow leopard", "bengal tiger", samples=2, guidance=guidance)
     ab = conjure.score(tiny_sd1, "snow leopard", "bengal tiger", samples=2, guidance=guidance, cosine=True)
     ba = conjure.score(tiny_sd1, "bengal tiger", "snow leopard", samples=2, guidance=guidance, cosine=True)
-    # common noise: the same trajectories (batched with more rows: float rounding only)
+    # the same trajectories (batched with more rows without guidance: float rounding only)
     assert ab.jeffreys == pytest.approx(plain.jeffreys, rel=1e-5)
     assert ab.per_step["gap_a"] == pytest.approx(plain.per_step["gap_a"], rel=1e-4, abs=1e-7)
-    assert plain.cosine is None and plain.jeffreys_null is None
-    assert ab.cosine == pytest.approx(ba.cosine, rel=1e-5) and -1.5 < ab.cosine < 1.5
-    assert ab.jeffreys_null == pytest.approx(ba.jeffreys_null[::-1], rel=1e-5) and min(ab.jeffreys_null) > 0
-    # a prompt's null divergence does not depend on the pair or the batch it was scored in
-    other = conjure.score_pairs(tiny_sd1, [("a red apple", "snow leopard"), ("snow leopard", "bengal tiger")],
-                                samples=2, guidance=guidance, cosine=True)
-    assert other[0].jeffreys_null[1] == pytest.approx(ab.jeffreys_null[0], rel=1e-5)
-    assert other[1].cosine == pytest.approx(ab.cosine, rel=1e-5)
-    assert ab.per_step_null[0]["gap_a"] != ab.per_step_null[1]["gap_a"]
+    assert plain.cosine is None and plain.pulls is None and "pull_a" not in plain.per_step
+    assert -1 <= ab.cosine <= 1 and ab.cosine == pytest.approx(ba.cosine, rel=1e-5)
+    assert ab.pulls == pytest.approx(ba.pulls[::-1], rel=1e-5) and min(ab.pulls) > 0
+    # the identity the cosine rests on: D_J = P_a + P_b - 2 U, so U / sqrt(P_a P_b) is a true cosine
+    w = ab.per_step["weight"]
+    assert sum(x * p for x, p in zip(w, ab.per_step["pull_a"])) == pytest.approx(ab.pulls[0], rel=1e-9)
+    assert reweight(ab.per_step, "girsanov").cosine == pytest.approx(ab.cosine, rel=1e-9)
+    assert reweight(ab.per_step, "exact").cosine != pytest.approx(ab.cosine, rel=1e-6)
 
 
-def test_cosine_adds_the_null_trajectory_once_per_batch(tiny_sd1):
-    # Step 0: cat, dog, car and the null prompt at x_T. Then the 7 evaluations of the pairs, and each of the 3
-    # prompts' trajectories under null and the null trajectory under null, cat, dog and car: 7 + 3 + 4 = 14.
-    # Under guidance the null row is the one guidance reads: no evaluation is made twice.
+def test_cosine_reads_each_state_under_the_null_prompt_once(tiny_sd1):
+    # As under guidance: step 0, the 3 prompts and the null prompt at x_T; then the 7 evaluations of the pairs and
+    # each of the 3 trajectories under the null prompt. Under guidance they are the evaluations guidance makes.
     pairs = [("a cat", "a dog"), ("a car", "a dog")]
-    assert evaluations_per_call(tiny_sd1, pairs, samples=2, steps=3, cosine=True) == [8, 28, 28]
-    assert evaluations_per_call(tiny_sd1, pairs, samples=2, steps=3, cosine=True, guidance=3.0) == [8, 28, 28]
+    assert evaluations_per_call(tiny_sd1, pairs, samples=2, steps=3, cosine=True) == [8, 20, 20]
+    assert evaluations_per_call(tiny_sd1, pairs, samples=2, steps=3, cosine=True, guidance=3.0) == [8, 20, 20]
 
 
 def test_cosine_setting_must_be_a_bool(gaussian):

@@ -188,6 +188,14 @@ def test_explain_leaves_words_out_of_flow_prompts_under_guidance(flow_model):
     assert e.words_a[0].contribution == pytest.approx(score - without_a, rel=1e-3, abs=1e-6)
 
 
+def test_flow_gaussian_cosine_is_the_cosine_of_its_means():
+    """Through the flow adapter's conversion the pulls are the VP model's, so the cosine is cos(m_a, m_b)."""
+    model = GaussianFlowModel(random_means(["cat", "dog"]))
+    m_a, m_b = model.means["cat"].flatten().double(), model.means["dog"].flatten().double()
+    r = conjure.score(model, "cat", "dog", steps=20, cosine=True)
+    assert r.cosine == pytest.approx(float(m_a @ m_b / (m_a.norm() * m_b.norm())), rel=1e-4)
+
+
 @pytest.mark.parametrize("shift", [1.0, 3.0])
 def test_flow_gaussian_converges_to_the_closed_form(shift):
     """The closed-form check of tests/test_estimator.py through a flow-parameterised analytic model: the
@@ -229,6 +237,11 @@ def test_flux_dev_takes_guidance_as_an_input_and_schnell_as_a_branch():
     assert plain.jeffreys != pytest.approx(guided.jeffreys, rel=1e-3)
     calls, _ = rows_per_call(schnell, lambda: conjure.score(schnell, "a cat", "a dog", steps=3, guidance=3.5))
     assert [rows for rows, _ in calls] == [3, 6, 6] and all(g is None for _, g in calls)  # the null prompt too
+    # the cosine reads each state under the null prompt, which for Flux-dev takes the guidance input too
+    calls, r = rows_per_call(dev, lambda: conjure.score(dev, "a cat", "a dog", steps=3, guidance=3.5, cosine=True))
+    assert [rows for rows, _ in calls] == [3, 6, 6] and all(torch.equal(g, torch.full((rows,), 3.5))
+                                                             for rows, g in calls)
+    assert r.jeffreys == pytest.approx(guided.jeffreys, rel=1e-4) and -1 <= r.cosine <= 1
     from conjure.morph import morph
 
     morph = morph(dev, "a cat", "a dog", stages=3, steps=2, guidance=3.5)  # the morph passes the input too

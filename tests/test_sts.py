@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from app_server import free_port
+import conjure
 from conjure.cli import main
 from conjure.errors import ConjureError
 from conjure.sts.data import (
@@ -700,3 +701,41 @@ def test_men_end_to_end_with_baselines_resume_and_ablation(tmp_path, tiny_model,
     assert third["datasets"] == second["datasets"] and third["ablation"] == second["ablation"]
     assert table_without_timing((tmp_path / "third.md").read_text()) == \
         table_without_timing((tmp_path / "second.md").read_text())
+
+
+def test_conjure_cosine_is_scored_cached_and_reweighted(tmp_path, tiny_model, capfd):
+    """The cosine method keeps each step's pulls beside its gaps, so a cached run serves every weighting; its score
+    is the library's cosine, and the divergence method keeps its own cache."""
+    from conjure.jeffreys import cosine_from_pulls, reweight
+
+    data_dir, cache = tmp_path / "data", tmp_path / "cache.sqlite3"
+    write_stsb(data_dir, rows=PAIRS)
+    run = sts_args(data_dir, tiny_model, cache, "--methods", "conjure,conjure-cosine", "--steps", "4",
+                   "--batch-size", "4")
+    out = tmp_path / "first.json"
+    assert main([*run, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["methods"]["conjure-cosine"]["computed"] == len(PAIRS)
+    assert report["methods"]["conjure"]["key"] != report["methods"]["conjure-cosine"]["key"]
+    assert "conjure-cosine" in capfd.readouterr().out
+
+    model = conjure.load_model(str(tiny_model), device="cpu")
+    a, b = PAIRS[0][1:]
+    direct = conjure.score(model, a, b, steps=4, cosine=True)
+    from conjure.sts.methods import ConjureCosineMethod
+    from conjure.sts.store import ScoreStore
+
+    method = ConjureCosineMethod(model, conjure.Settings(steps=4, weighting="exact"), batch_size=4)
+    store = ScoreStore(cache)
+    rows = method.read(store.get(method.key))
+    store.close()
+    row = rows[(a, b)]  # stored under girsanov, read under exact
+    exact = reweight(direct.per_step, "exact")
+    assert row.details["jeffreys"] == pytest.approx(exact.jeffreys, rel=1e-4)
+    assert row.details["pulls"] == pytest.approx(exact.pulls, rel=1e-4)
+    assert row.score == pytest.approx(cosine_from_pulls(exact.jeffreys, *exact.pulls), rel=1e-4)
+    assert row.details["jeffreys"] != pytest.approx(direct.jeffreys, rel=1e-2)  # the weighting was applied
+
+    again = tmp_path / "again.json"
+    assert main([*run, "--weighting", "exact", "--json", str(again)]) == 0
+    assert json.loads(again.read_text())["methods"]["conjure-cosine"]["computed"] == 0

@@ -1,8 +1,8 @@
 """The similarity methods the benchmark compares, each scoring a batch of sentence pairs.
 
     conjure        -D_J: minus the Jeffreys divergence between the two reverse diffusion processes
-    conjure-cosine the cosine of the two texts' pulls from the model's unconditional input, from D_J(a, b),
-                   D_J(a, null) and D_J(b, null) (conjure.jeffreys.cosine_from_jeffreys)
+    conjure-cosine the cosine of the two texts' pulls away from the null prompt at the visited states
+                   (conjure.jeffreys: the law of cosines with D_J as the squared distance)
     text-encoder   cosine similarity of the evaluated model's own text embedding (CLIP's pooled
                    output for Stable Diffusion, MiniLM's mean-pooled one for the embedded model)
     minilm         cosine similarity of all-MiniLM-L6-v2 sentence embeddings (sentence-transformers)
@@ -24,7 +24,7 @@ import torch
 
 import conjure
 from conjure import validation
-from conjure.jeffreys import cosine_from_jeffreys, reweight, score_batch
+from conjure.jeffreys import reweight, score_batch
 from conjure.models.compiled import unwrapped
 from conjure.models.weights import weight_modules, weights_digest  # noqa: F401 (weight_modules: tests read it here)
 from conjure.settings import Settings
@@ -102,7 +102,7 @@ class ConjureMethod:
     name = "conjure"
     cosine = False  # the score: -D_J (ConjureCosineMethod: the cosine)
     CACHE_FORMAT = 2  # 2: rows carry per-step gaps (rows of format 1 had totals only, under another key)
-    KEEP = ("timestep", "abar", "gap_a", "gap_b")  # per step, what the cache keeps
+    KEEP = ("timestep", "abar", "gap_a", "gap_b")  # per step, what the cache keeps (the cosine: and the pulls)
 
     def __init__(self, model, settings: Settings, batch_size: int | None = None):
         self.model = model
@@ -118,17 +118,17 @@ class ConjureMethod:
                          "model": model_identity(model), "settings": cached_settings,
                          "cache_format": self.CACHE_FORMAT, "conjure": conjure.__version__}
         self.key = identity_key(self.identity)
-        self.description = f"cosine of {model.name}'s pulls" if self.cosine else f"−D_J of {model.name}"
+        self.description = f"cosine of the pulls in {model.name}" if self.cosine else f"−D_J of {model.name}"
 
     def score(self, pairs: list[tuple[str, str]]) -> list[PairScore]:
         results = score_batch(self.model, validation.check_pairs(pairs, self.model), self.run)
         scores = []
         for r in results:
+            keep = self.KEEP + (("pull_a", "pull_b") if self.cosine else ())
             details = {"jeffreys": r.jeffreys, "kl_ab": r.kl_ab, "kl_ba": r.kl_ba, "stderr": r.stderr,
-                       "weighting": self.settings.weighting, "per_step": {k: r.per_step[k] for k in self.KEEP}}
+                       "weighting": self.settings.weighting, "per_step": {k: r.per_step[k] for k in keep}}
             if self.cosine:
-                details |= {"cosine": r.cosine, "jeffreys_null": r.jeffreys_null,
-                            "per_step_null": [{k: p[k] for k in self.KEEP} for p in r.per_step_null]}
+                details |= {"cosine": r.cosine, "pulls": r.pulls}
             scores.append(PairScore(self.score_of(r.jeffreys, r.cosine), (bool(r.truncated[0]), bool(r.truncated[1])),
                                     details, r.seconds))
         return scores
@@ -149,9 +149,10 @@ class ConjureMethod:
                 details = {**row.details, "jeffreys": r.jeffreys, "kl_ab": r.kl_ab, "kl_ba": r.kl_ba, "weighting": w}
                 cosine = None
                 if self.cosine:
-                    null = [reweight(p, w, eta).jeffreys for p in row.details["per_step_null"]]
-                    cosine = cosine_from_jeffreys(r.jeffreys, *null)
-                    details |= {"jeffreys_null": null, "cosine": cosine}
+                    if r.pulls is None:
+                        raise KeyError("pull_a")
+                    cosine = r.cosine
+                    details |= {"pulls": r.pulls, "cosine": cosine}
             except (KeyError, TypeError, IndexError, ValueError, conjure.ConjureError):
                 raise conjure.ConjureError(
                     f"the score cache has a damaged row for {pair!r} (no usable per-step gaps); delete that "
@@ -161,8 +162,8 @@ class ConjureMethod:
 
 
 class ConjureCosineMethod(ConjureMethod):
-    """The cosine of the two texts' pulls from the model's unconditional input (conjure.jeffreys): each batch
-    also scores its distinct sentences against the null prompt; the cache keeps those per-step gaps too."""
+    """The cosine of the two texts' pulls away from the null prompt (conjure.jeffreys); the cache keeps each
+    step's pulls beside its gaps, so every weighting is recomputed from one run."""
 
     name = "conjure-cosine"
     cosine = True
