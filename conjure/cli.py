@@ -332,12 +332,19 @@ def format_matrix(m) -> str:
              "Jeffreys divergence (nats; smaller = more alike):",
              " " * width + "".join(f"  {n:>{col}}" for n in names)]
     lines += [f"{name:<{width}}" + "".join(f"  {c:>{col}}" for c in row) for name, row in zip(names, cells)]
-    lines.append("Nearest neighbour, by the images (Jeffreys) and by the words (text-encoder cosine):")
+    if m.cosine is not None:
+        lines += ["Cosine of the pulls (larger = more alike):", " " * width + "".join(f"  {n:>{col}}" for n in names)]
+        lines += [f"{name:<{width}}" + "".join(f"  {v:>{col}.3f}" for v in row) for name, row in zip(names, m.cosine)]
+    by = "cosine" if m.cosine is not None else "jeffreys"
+    percentiles = m.cosine_percentile if m.cosine is not None else m.percentile
+    lines.append(f"Nearest neighbour, by the images ({'cosine' if m.cosine is not None else 'Jeffreys'}) and by the "
+                 "words (text-encoder cosine):")
     by_text = {p: (q, v) for p, q, v in m.nearest("text")}
-    for p, q, v in m.nearest():
-        percentile = (f", closer than {m.percentile[m.phrases.index(p), m.phrases.index(q)]:.0f}% of random pairs"
-                      if m.percentile is not None else "")
-        lines.append(f"  {p}: {q} ({number(v)} nats{percentile}) | {by_text[p][0]} (cosine {by_text[p][1]:.3f})")
+    for p, q, v in m.nearest(by):
+        percentile = (f", closer than {percentiles[m.phrases.index(p), m.phrases.index(q)]:.0f}% of random pairs"
+                      if percentiles is not None else "")
+        value = f"cosine {v:.3f}" if by == "cosine" else f"{number(v)} nats"
+        lines.append(f"  {p}: {q} ({value}{percentile}) | {by_text[p][0]} (cosine {by_text[p][1]:.3f})")
     if m.duplicates:
         lines.append("repeated, scored once: " + ", ".join(repr(d) for d in m.duplicates))
     if m.percentile is None:
@@ -403,6 +410,12 @@ def cmd_rank(args) -> int:
           f"{computed_in(ranked[0].dtype, ranked[0].compiled)}, {settings.steps} steps, k={settings.samples}, "
           f"guidance {settings.guidance:g}), most alike first:")
     for n, r in enumerate(ranked, 1):
+        if settings.cosine:
+            cosine = "undefined" if r.cosine is None else f"{r.cosine:.3f}"
+            scale = (f"  closer than {r.cosine_percentile:.1f}% of random pairs"
+                     if r.cosine_percentile is not None else "")
+            print(f"{n:>4}. cosine {cosine:>9} ({r.jeffreys:.4g} nats)  {r.text_b}{scale}")
+            continue
         scale = f"  closer than {r.percentile:.1f}% of random pairs" if r.percentile is not None else ""
         print(f"{n:>4}. {r.jeffreys:>10.4g} nats  {r.text_b}{scale}")
     return 0
@@ -587,6 +600,7 @@ def main(argv=None) -> int:
                    help=f"refuse more phrases than this (default {LIMITS.max_phrases}, the library's limit)")
     add_model_options(p)
     add_estimator_options(p)
+    add_cosine_option(p)
     p.set_defaults(func=cmd_matrix)
 
     p = sub.add_parser("rank", help="candidates sorted by Jeffreys divergence from a query",
@@ -600,6 +614,7 @@ def main(argv=None) -> int:
                    help=f"refuse more candidates than this (default {LIMITS.max_candidates}, the library's limit)")
     add_model_options(p)
     add_estimator_options(p)
+    add_cosine_option(p)
     p.set_defaults(func=cmd_rank)
 
     p = sub.add_parser("explain", help="why two texts differ: each word's contribution to their divergence",

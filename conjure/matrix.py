@@ -109,22 +109,29 @@ class MatrixResult:
     seconds: float  # wall time of the whole matrix: scoring, images, text encoder and percentiles
     pair_results: list[JeffreysResult] = field(default_factory=list, repr=False)  # pair (i, j), i < j, row by row
     compiled: bool = False  # the UNet ran through torch.compile (load_model(compile=True))
+    # with the setting cosine=True (else None): (N, N) the cosine of the two phrases' pulls (1 on the diagonal; nan
+    # where a phrase does not move the model), and the % of random everyday pairs with a smaller cosine
+    cosine: np.ndarray | None = None
+    cosine_percentile: np.ndarray | None = None
 
     @property
     def pairs(self) -> int:
         return len(self.phrases) * (len(self.phrases) - 1) // 2
 
     def nearest(self, by: str = "jeffreys") -> list[tuple[str, str, float]]:
-        """For each phrase, (phrase, its nearest other phrase, the value): the smallest divergence,
-        or with by="text" the largest text-encoder cosine."""
-        if by not in ("jeffreys", "text"):
-            raise ConjureError(f"nearest(by=...) is 'jeffreys' or 'text', got {by!r}")
-        values = self.jeffreys if by == "jeffreys" else -self.text_cosine
+        """For each phrase, (phrase, its nearest other phrase, the value): the smallest divergence, with
+        by="cosine" the largest cosine of the pulls (a matrix made with cosine=True), or with by="text" the
+        largest text-encoder cosine."""
+        if by not in ("jeffreys", "cosine", "text"):
+            raise ConjureError(f"nearest(by=...) is 'jeffreys', 'cosine' or 'text', got {by!r}")
+        if by == "cosine" and self.cosine is None:
+            raise ConjureError("this matrix has no cosines: make it with cosine=True")
+        values = {"jeffreys": self.jeffreys, "cosine": self.cosine, "text": self.text_cosine}[by]
+        order = np.nan_to_num(values if by == "jeffreys" else -values, nan=np.inf)  # smaller = nearer
         out = []
         for i, phrase in enumerate(self.phrases):
-            others = np.where(np.arange(len(self.phrases)) == i, np.inf, values[i])
-            j = int(np.argmin(others))
-            out.append((phrase, self.phrases[j], float(self.jeffreys[i, j] if by == "jeffreys" else self.text_cosine[i, j])))
+            j = int(np.argmin(np.where(np.arange(len(self.phrases)) == i, np.inf, order[i])))
+            out.append((phrase, self.phrases[j], float(values[i, j])))
         return out
 
     def mds(self, dims: int = 2) -> np.ndarray:
@@ -156,14 +163,19 @@ class MatrixResult:
             "mds": listed(self.mds()), "mds_share": self.mds_share(),
             "pairs": self.pairs, "settings": self.settings, "model": self.model, "dtype": self.dtype,
             "compiled": self.compiled, "seconds": self.seconds,
+            **({"cosine": [[None if math.isnan(v) else v for v in row] for row in self.cosine.tolist()],
+                "cosine_percentile": listed(self.cosine_percentile),
+                "nearest_by_cosine": [{"phrase": p, "nearest": q, "cosine": v} for p, q, v in self.nearest("cosine")]}
+               if self.cosine is not None else {}),
         }
 
     def to_csv(self, which: str = "jeffreys") -> str:
         """The square matrix as CSV: a header row of phrases, then one row per phrase (full precision)."""
         values = {"jeffreys": self.jeffreys, "kl": self.kl, "text_cosine": self.text_cosine,
-                  "percentile": self.percentile}.get(which)
+                  "percentile": self.percentile, "cosine": self.cosine}.get(which)
         if values is None:
-            raise ConjureError(f"no {which!r} matrix (jeffreys, kl, text_cosine, or percentile with a calibration)")
+            raise ConjureError(f"no {which!r} matrix (jeffreys, kl, text_cosine, percentile with a calibration, or "
+                               "cosine of a matrix made with cosine=True)")
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow([which, *self.phrases])
@@ -258,20 +270,30 @@ def scored_matrix(model, phrases: list[str], duplicates: list[str], run: Checked
     embeddings = torch.nn.functional.normalize(torch.as_tensor(model.text_embedding(phrases)).float().flatten(1), dim=1)
     cosine = (embeddings @ embeddings.T).clamp(-1, 1).double().numpy()
     np.fill_diagonal(cosine, 1.0)
-    percentile = None
     found = calibration.find(model, s)
-    if found is not None:
-        reference = found.reference(s.weighting)
-        percentile = 100.0 * (len(reference) - np.searchsorted(reference, jeffreys, side="right")) / len(reference)
-        for r in pair_results:
-            r.percentile = found.percentile(r.jeffreys, s.weighting)
+    calibration.set_percentiles(pair_results, found, s.weighting)
+    percentile = pair_matrix(pairs, [r.percentile for r in pair_results], n, 100.0) if found is not None else None
+    cosines = cosine_percentile = None
+    if s.cosine:
+        cosines = pair_matrix(pairs, [r.cosine for r in pair_results], n, 1.0)
+        if found is not None and found.reference_cosines(s.weighting) is not None:
+            cosine_percentile = pair_matrix(pairs, [r.cosine_percentile for r in pair_results], n, 100.0)
     result = MatrixResult(
         phrases=phrases, jeffreys=jeffreys, kl=kl, stderr=stderr if s.samples > 1 else None, text_cosine=cosine,
         images=np.asarray(images), percentile=percentile, duplicates=duplicates, truncated=truncated,
         settings=asdict(s), model=model.name, dtype=dtype_name(model), seconds=time.perf_counter() - start,
-        pair_results=pair_results, compiled=getattr(model, "compiled", False),
+        pair_results=pair_results, compiled=getattr(model, "compiled", False), cosine=cosines,
+        cosine_percentile=cosine_percentile,
     )
     yield MatrixProgress(len(pairs), len(pairs), len(batches), len(batches), s.steps, s.steps, result)
+
+
+def pair_matrix(pairs: list[tuple[int, int]], values: list[float | None], n: int, diagonal: float) -> np.ndarray:
+    """(N, N) symmetric from one value per pair (i, j), i < j (None as nan), `diagonal` on the diagonal."""
+    out = np.full((n, n), diagonal)
+    for (i, j), v in zip(pairs, values):
+        out[i, j] = out[j, i] = math.nan if v is None else v
+    return out
 
 
 def similarity_matrix(model, phrases: Sequence[str], *, batch_size: int | None = None, progress: bool = False,
@@ -316,16 +338,19 @@ def check_candidates(query, candidates, limits: Limits = LIMITS, hint: str = "")
 
 
 def ranked(model, pairs: list[tuple[str, str]], run: Checked, progress: bool = False) -> list[JeffreysResult]:
-    """The (query, candidate) pairs scored and sorted, most alike first (trusted: checked at the entry point)."""
+    """The (query, candidate) pairs scored and sorted, most alike first: by the divergence, or with the setting
+    cosine by the cosine (an undefined one last). Trusted: checked at the entry point."""
     results = score_batches(model, pairs, run, progress)
     calibration.add_percentiles(model, results, run.settings)
+    if run.settings.cosine:
+        return sorted(results, key=lambda r: -math.inf if r.cosine is None else r.cosine, reverse=True)
     return sorted(results, key=lambda r: r.jeffreys)
 
 
 def rank(model, query: str, candidates: Sequence[str], *, batch_size: int | None = None, progress: bool = False,
          limits: Limits = LIMITS, **settings) -> list[JeffreysResult]:
-    """The candidates sorted by Jeffreys divergence from `query`, most alike first: one result per
-    distinct candidate (text_a = query, text_b = candidate; repeats and empty strings dropped), at most
+    """The candidates sorted by Jeffreys divergence from `query` (with cosine=True by the cosine), most alike
+    first: one result per distinct candidate (text_a = query, text_b = candidate; repeats and empty strings dropped), at most
     `limits.max_candidates` (1000 by default)."""
     from conjure.models import load_model
 

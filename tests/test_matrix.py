@@ -271,3 +271,35 @@ def test_unknown_settings_and_a_bad_batch_size_are_refused(gaussian):
         conjure.similarity_matrix(gaussian, NAMES, batch_size=0)
     with pytest.raises(ConjureError, match="phrase 2 is empty"):  # only invisible characters
         conjure.similarity_matrix(gaussian, ["tiger", "\u200b"], steps=2)
+
+
+def test_matrix_and_rank_with_the_cosine(gaussian):
+    """On the Gaussian model the cosine of the pulls is the cosine of the class means (tests/test_estimator.py), so
+    the matrix's cosines, its nearest neighbours by them and a ranking by them follow the means."""
+    m = conjure.similarity_matrix(gaussian, NAMES, cosine=True, steps=20)
+    means = torch.stack([gaussian.means[n].flatten() for n in NAMES]).double()
+    means = means / means.norm(dim=1, keepdim=True)
+    assert np.allclose(m.cosine, (means @ means.T).numpy(), rtol=1e-4, atol=1e-6)
+    assert m.cosine_percentile is None  # no calibration for an analytic model
+    expected = [(p, NAMES[int(np.argmax(np.where(np.eye(len(NAMES))[i] > 0, -2, m.cosine[i])))])
+                for i, p in enumerate(NAMES)]
+    assert [(p, q) for p, q, _ in m.nearest("cosine")] == expected
+    assert json.loads(json.dumps(m.to_dict()))["nearest_by_cosine"][0]["nearest"] == expected[0][1]
+    assert m.to_csv("cosine").splitlines()[1].startswith("leopard,1.0")
+    ranked = conjure.rank(gaussian, "leopard", NAMES[1:], cosine=True, steps=20)
+    assert [r.cosine for r in ranked] == sorted((r.cosine for r in ranked), reverse=True)
+    assert [r.text_b for r in ranked] == [NAMES[j] for j in np.argsort(-m.cosine[0, 1:]) + 1]
+    plain = conjure.similarity_matrix(gaussian, NAMES[:3], steps=20)
+    assert plain.cosine is None and "cosine" not in plain.to_dict()
+    with pytest.raises(ConjureError, match="make it with cosine=True"):
+        plain.nearest("cosine")
+
+
+def test_cli_matrix_and_rank_with_the_cosine(tiny_folder, capsys):
+    assert main(["matrix", "a cat", "a dog", "a car", "--model", str(tiny_folder), "--steps", "2", "--cosine"]) == 0
+    out = capsys.readouterr().out
+    assert "Cosine of the pulls (larger = more alike):" in out and "by the images (cosine)" in out
+    assert main(["rank", "a cat", "a dog", "a car", "--model", str(tiny_folder), "--steps", "2", "--cosine"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()[:2] in ("1.", "2.")]
+    cosines = [float(line.split("cosine")[1].split()[0]) for line in lines]
+    assert len(cosines) == 2 and cosines == sorted(cosines, reverse=True)
