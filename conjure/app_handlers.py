@@ -598,7 +598,8 @@ def check_matrix_request(phrases, model_name, steps, samples, guidance, seed, si
         if len(line.strip()) > limits.max_prompt_chars:
             raise ConjureError(f"line {n} is {len(line.strip())} characters long; the limit is {limits.max_prompt_chars}")
     kept, repeated = check_phrases(lines, limits)
-    model_name, settings = check_settings_request(model_name, steps, samples, guidance, seed, size, limits)
+    model_name, settings = check_settings_request(model_name, steps, samples, guidance, seed, size, limits,
+                                                  cosine=True)
     return {"phrases": kept, "duplicates": repeated, "model": model_name, "settings": settings}
 
 
@@ -619,18 +620,23 @@ def cell(text: str) -> str:
 
 
 def format_neighbours(result, encoder: str) -> str:
-    """Each phrase's nearest neighbour by the images and by the words, side by side."""
+    """Each phrase's nearest neighbour by the images (the cosine of the pulls where the matrix has it, else the
+    divergence) and by the words, side by side."""
     number = animation.format_number
     by_text = {p: (q, v) for p, q, v in result.nearest("text")}
-    rows = ["| phrase | nearest by the images (Jeffreys, nats) | nearest by the words (cosine) |", "|---|---|---|"]
+    by, percentiles = ("cosine", result.cosine_percentile) if result.cosine is not None else \
+        ("jeffreys", result.percentile)
+    measure = "cosine" if by == "cosine" else "Jeffreys, nats"
+    rows = [f"| phrase | nearest by the images ({measure}) | nearest by the words (cosine) |", "|---|---|---|"]
     agree = 0
-    for p, q, v in result.nearest():
+    for p, q, v in result.nearest(by):
         tq, tv = by_text[p]
         agree += q == tq
         closer = ""
-        if result.percentile is not None:
-            closer = f", closer than {result.percentile[result.phrases.index(p), result.phrases.index(q)]:.0f}%"
-        rows.append(f"| {cell(p)} | **{cell(q)}** ({number(v)}{closer}) | {cell(tq)} ({tv:.2f}) |")
+        if percentiles is not None:
+            closer = f", closer than {percentiles[result.phrases.index(p), result.phrases.index(q)]:.0f}%"
+        value = f"{v:.2f}" if by == "cosine" else number(v)
+        rows.append(f"| {cell(p)} | **{cell(q)}** ({value}{closer}) | {cell(tq)} ({tv:.2f}) |")
     s = result.settings
     lines = rows + ["", f"The images and the words agree on {agree} of {len(result.phrases)} nearest neighbours "
                         f"({encoder} for the words)."]

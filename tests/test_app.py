@@ -360,7 +360,7 @@ def run_matrix(phrases, **changes):
 def test_check_matrix_request_cleans_the_phrases():
     r = matrix_request(" leopard \n\ntiger\nleopard\r\nzebra\n", steps=4.0, size="32")
     assert r == {"phrases": ["leopard", "tiger", "zebra"], "duplicates": ["leopard"], "model": "emoji",
-                 "settings": Settings(steps=4, samples=1, guidance=1.0, seed=0, size=32)}
+                 "settings": Settings(steps=4, samples=1, guidance=1.0, seed=0, size=32, cosine=True)}
 
 
 @pytest.mark.parametrize("phrases, changes, message", [
@@ -419,6 +419,7 @@ def test_run_matrix_streams_progress_then_the_matrix_and_the_files():
     assert np.array_equal(jeffreys, jeffreys.T) and np.all(np.diag(jeffreys) == 0) and "MiniLM" in details["text_encoder"]
     neighbours = final[MOUT["matrix_neighbours"]]
     assert "| leopard |" in neighbours and "nearest by the words" in neighbours and "scored once: leopard" in neighbours
+    assert "nearest by the images (cosine)" in neighbours and len(details["nearest_by_cosine"]) == 4
     for name in ("matrix_heatmap", "matrix_text_heatmap", "matrix_map"):
         assert isinstance(final[MOUT[name]], Image.Image) and final[MOUT[name]].width > 300
     csv = Path(final[MOUT["matrix_csv"]].value["path"])
