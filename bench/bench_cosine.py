@@ -2,6 +2,7 @@
 
     python bench/bench_cosine.py men-dev --limit 300 --seed 0 --out runs/cosine/men-dev-s0.jsonl
     python bench/bench_cosine.py --report runs/cosine/men-dev-s0.jsonl runs/cosine/stsb-dev-s0.jsonl
+    python bench/bench_cosine.py --timing [--repeats 3]      # what the cosine costs, at guidance 1 and 3
 
 One estimator run per chunk of pairs scores, from the same noise, each pair (a, b) and each of its prompts against
 the null prompt, (a, null) and (null, b), and keeps:
@@ -15,6 +16,10 @@ the null prompt, (a, null) and (null, b), and keeps:
 The report gives Spearman x 100 against the gold scores for -D_J, for the two cosines (the law of cosines on the
 three divergences, "trajectories"; and the library's, "same states"), and for simpler normalisations of D_J by the
 null divergences. Rows are appended to the --out file as they finish (a rerun resumes). Choose on dev splits.
+
+--timing scores the same 16 everyday pairs (`conjure.score_pairs`, automatic batch size) with and without the
+setting `cosine`, at guidance 1 and 3, after one warm-up each, `--repeats` times in this process: pairs/s median
+(min-max), and the ratio against cosine=False at the same guidance, measured in the same run.
 """
 
 from __future__ import annotations
@@ -96,6 +101,39 @@ def report(paths: list[str]) -> None:
               " | ".join(f"{100 * spearmanr(s, g)[0]:.2f}" for s in scores) + " |")
 
 
+TIMING_PAIRS = [("snow leopard", "bengal tiger"), ("a red apple", "a green pear"), ("a bicycle", "a motorbike"),
+                ("a cup of tea", "a cup of coffee"), ("a dog", "a cat"), ("the sun", "the moon"), ("a house", "a castle"),
+                ("a bag of chips", "a bag of fries"), ("rain", "snow"), ("a guitar", "a violin"), ("a car", "a bus"),
+                ("a rose", "a tulip"), ("a whale", "a dolphin"), ("pizza", "a hamburger"), ("a clock", "a watch"),
+                ("a king", "a queen")]
+
+
+def timing(args) -> None:
+    import os
+    import statistics
+    import time
+
+    model = conjure.load_model(args.model)
+    print(f"{args.model} ({str(model.dtype).removeprefix('torch.')}), {len(TIMING_PAIRS)} pairs, T={args.steps}, k=1, "
+          f"{torch.get_num_threads()} torch threads, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+          f"{args.repeats} repeats after one warm-up\n")
+    print("| guidance | cosine | pairs/s median (min-max) | ratio to cosine off |")
+    print("|---:|---|---:|---:|")
+    for guidance in (1.0, 3.0):
+        medians = {}
+        for cosine in (False, True):
+            settings = dict(steps=args.steps, guidance=guidance, cosine=cosine)
+            conjure.score_pairs(model, TIMING_PAIRS[:2], **settings)  # warm-up
+            rates = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                conjure.score_pairs(model, TIMING_PAIRS, **settings)
+                rates.append(len(TIMING_PAIRS) / (time.perf_counter() - start))
+            medians[cosine] = statistics.median(rates)
+            print(f"| {guidance:g} | {'on' if cosine else 'off'} | {medians[cosine]:.2f} ({min(rates):.2f}-"
+                  f"{max(rates):.2f}) | {medians[cosine] / medians[False]:.2f}x |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("dataset", nargs="?", help="a dataset name of `python -m conjure sts` (men-dev, stsb-dev, ...)")
@@ -108,8 +146,12 @@ def main() -> None:
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--chunk", type=int, default=6, help="pairs per estimator run (3 pairs each)")
     p.add_argument("--report", nargs="+", metavar="JSONL", help="print the Spearman table of finished files")
+    p.add_argument("--timing", action="store_true", help="time scoring with and without the cosine")
+    p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    if args.report:
+    if args.timing:
+        timing(args)
+    elif args.report:
         report(args.report)
     elif args.dataset and args.out:
         measure(args)
