@@ -275,8 +275,10 @@ def cmd_calibrate(args) -> int:
         path = calibration.save(result, calibration.cache_folder() / f"{calibration.model_digest(model)}.json")
     ref = result.reference(settings.weighting)
     q = np.percentile(ref, [5, 50, 95])
+    c = np.percentile(result.reference_cosines(settings.weighting), [5, 50, 95])
     print(f"{len(ref)} random pairs of everyday phrases under {model.name} ({settings.weighting} weighting): "
-          f"5% {q[0]:.4g}, median {q[1]:.4g}, 95% {q[2]:.4g} nats")
+          f"5% {q[0]:.4g}, median {q[1]:.4g}, 95% {q[2]:.4g} nats; cosine 5% {c[0]:.3f}, median {c[1]:.3f}, "
+          f"95% {c[2]:.3f}")
     print(f"wrote {path}")
     return 0
 
