@@ -624,8 +624,8 @@ def format_neighbours(result, encoder: str) -> str:
     divergence) and by the words, side by side."""
     number = animation.format_number
     by_text = {p: (q, v) for p, q, v in result.nearest("text")}
-    by, percentiles = ("cosine", result.cosine_percentile) if result.cosine is not None else \
-        ("jeffreys", result.percentile)
+    by = result.images_measure
+    percentiles = result.cosine_percentile if by == "cosine" else result.percentile
     measure = "cosine" if by == "cosine" else "Jeffreys, nats"
     rows = [f"| phrase | nearest by the images ({measure}) | nearest by the words (cosine) |", "|---|---|---|"]
     agree = 0
@@ -699,7 +699,7 @@ def run_matrix(phrases: str, model: str | None = None, steps: int = DEFAULTS["st
         files["matrix_csv"].write_text(result.to_csv(), encoding="utf-8")
         pictures["heatmap"].save(files["matrix_heatmap_png"])
         pictures["map"].save(files["matrix_map_png"])
-        nearest = ", ".join(f"{html.escape(p)} → {html.escape(q)}" for p, q, _ in result.nearest())
+        nearest = ", ".join(f"{html.escape(p)} → {html.escape(q)}" for p, q, _ in result.nearest(result.images_measure))
         yield matrix_updates(
             matrix_status=f"**Done: {n} phrases, {total} pairs in {time.perf_counter() - started:.1f} s**{repeated}"
                           f" · nearest: {nearest}",

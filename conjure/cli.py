@@ -337,9 +337,9 @@ def format_matrix(m) -> str:
     if m.cosine is not None:
         lines += ["Cosine of the pulls (larger = more alike):", " " * width + "".join(f"  {n:>{col}}" for n in names)]
         lines += [f"{name:<{width}}" + "".join(f"  {v:>{col}.3f}" for v in row) for name, row in zip(names, m.cosine)]
-    by = "cosine" if m.cosine is not None else "jeffreys"
-    percentiles = m.cosine_percentile if m.cosine is not None else m.percentile
-    lines.append(f"Nearest neighbour, by the images ({'cosine' if m.cosine is not None else 'Jeffreys'}) and by the "
+    by = m.images_measure
+    percentiles = m.cosine_percentile if by == "cosine" else m.percentile
+    lines.append(f"Nearest neighbour, by the images ({'cosine' if by == 'cosine' else 'Jeffreys'}) and by the "
                  "words (text-encoder cosine):")
     by_text = {p: (q, v) for p, q, v in m.nearest("text")}
     for p, q, v in m.nearest(by):

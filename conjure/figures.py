@@ -175,8 +175,9 @@ def meaning_map(result, *, size: tuple[int, int] | None = None, thumb: int | Non
     """Each phrase's own image at its point of a 2-D classical MDS of the Jeffreys matrix.
 
     Distances on the page approximate sqrt(D_J) (`MatrixResult.mds`); both axes share one scale.
-    A grey line joins each phrase's picture to its nearest neighbour's (by divergence); where pictures
-    would overlap they are nudged apart, and a hair-line leads from the picture to its true point.
+    A grey line joins each phrase's picture to its nearest neighbour's (by the cosine where the matrix has it, else
+    by divergence); where pictures would overlap they are nudged apart, and a hair-line leads from the picture to
+    its true point.
     """
     phrases, images = result.phrases, result.images
     n = len(phrases)
@@ -213,7 +214,7 @@ def meaning_map(result, *, size: tuple[int, int] | None = None, thumb: int | Non
                                f"the two axes show {100 * share:.0f}% of the spread", fill=POINT, font=font(12),
               anchor="lm")
     draw.line([(area[0], header + 4), (area[2], header + 4)], fill=GRID)
-    for phrase, neighbour, _ in result.nearest():  # between the pictures, so every line can be followed
+    for phrase, neighbour, _ in result.nearest(result.images_measure):  # between the pictures, so lines can be followed
         i, j = phrases.index(phrase), phrases.index(neighbour)
         draw.line([tuple(placed[i]), tuple(placed[j])], fill=GRID, width=3)
     for i in range(n):

@@ -118,6 +118,11 @@ class MatrixResult:
     def pairs(self) -> int:
         return len(self.phrases) * (len(self.phrases) - 1) // 2
 
+    @property
+    def images_measure(self) -> str:
+        """What "nearest by the images" reads: the cosine of the pulls where the matrix has it, else the divergence."""
+        return "cosine" if self.cosine is not None else "jeffreys"
+
     def nearest(self, by: str = "jeffreys") -> list[tuple[str, str, float]]:
         """For each phrase, (phrase, its nearest other phrase, the value): the smallest divergence, with
         by="cosine" the largest cosine of the pulls (a matrix made with cosine=True), or with by="text" the

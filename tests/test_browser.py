@@ -7,6 +7,7 @@ GIFs to docs/ for the README.
 """
 
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -145,6 +146,7 @@ def test_type_run_watch_and_download(page, tmp_path):
     assert f"Step {steps}/{steps}" not in page.locator("#status").inner_text()  # replaced by the final status
     result = page.locator("#result").inner_text()
     assert "Jeffreys divergence" in result and "cosine similarity" in result
+    assert re.search(r"cosine -?\d\.\d{3}", result) and "pull from no text" in result  # the images' cosine
     assert page.locator("#image-a img").first.get_attribute("src")
     assert page.locator("#morph-gif img").first.get_attribute("src")
 
