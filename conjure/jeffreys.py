@@ -119,10 +119,11 @@ def step_weights(abars: Sequence[float], eta: float, weighting: str) -> list[flo
 
 def cosine_from_pulls(jeffreys: float, pull_a: float, pull_b: float) -> float | None:
     """The law of cosines (see the module docstring): (P_a + P_b - D_J) / (2 sqrt(P_a P_b)); None where a text
-    does not move the model at all (a pull of 0), since the angle of a zero pull is undefined."""
+    does not move the model at all (a pull of 0), since the angle of a zero pull is undefined. The three sums come
+    from the same states, so the value is in [-1, 1]; the clamp only removes float rounding."""
     if not (pull_a > 0 and pull_b > 0):
         return None
-    return (pull_a + pull_b - jeffreys) / (2 * math.sqrt(pull_a * pull_b))
+    return min(1.0, max(-1.0, (pull_a + pull_b - jeffreys) / (2 * math.sqrt(pull_a * pull_b))))
 
 
 # --- results ------------------------------------------------------------------------
