@@ -202,7 +202,7 @@ def check_between(name: str, value: int, low: int, high: int | None) -> int:
 def check_settings_request(model_name, steps, samples, guidance, seed, size, limits: Limits,
                            cosine: bool = False) -> tuple[str, Settings]:
     """The model and estimator settings every tab takes, as sent: the model's name and a checked `Settings`
-    (`cosine`: whether the tab reports the cosine, which Compare two does)."""
+    (`cosine`: whether the tab reports the cosine of the pulls, which Compare two and Compare many do)."""
     if not isinstance(model_name, str) or model_name not in allowed_models():
         raise ConjureError(f"unknown model {model_name!r}; choose one of: {', '.join(allowed_models())}")
     if isinstance(guidance, str):  # sent as text through the API
