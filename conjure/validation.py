@@ -349,7 +349,8 @@ def evaluations_per_pair(settings) -> int:
 def estimate_memory(model, settings, batch_size: int, decoded_images: int = 0) -> MemoryEstimate:
     """The memory one batch of `batch_size` pairs needs in the estimator (and decoding `decoded_images`).
 
-    Per sampler step one batched call evaluates `evaluations_per_pair` states per pair and sample; its activations come on top of the noise (every step's, made up front) and the states and
+    Per sampler step one batched call evaluates `evaluations_per_pair` states per pair and sample; its
+    activations come on top of the noise (every step's, made up front) and the states and
     gaps the estimator holds. Decoding comes after the steps, so the peak is the larger of the two.
     """
     size = settings.size or model.default_size

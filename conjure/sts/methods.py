@@ -122,9 +122,9 @@ class ConjureMethod:
 
     def score(self, pairs: list[tuple[str, str]]) -> list[PairScore]:
         results = score_batch(self.model, validation.check_pairs(pairs, self.model), self.run)
+        keep = self.KEEP + (("pull_a", "pull_b") if self.cosine else ())
         scores = []
         for r in results:
-            keep = self.KEEP + (("pull_a", "pull_b") if self.cosine else ())
             details = {"jeffreys": r.jeffreys, "kl_ab": r.kl_ab, "kl_ba": r.kl_ba, "stderr": r.stderr,
                        "weighting": self.settings.weighting, "per_step": {k: r.per_step[k] for k in keep}}
             if self.cosine:
@@ -149,7 +149,7 @@ class ConjureMethod:
                 details = {**row.details, "jeffreys": r.jeffreys, "kl_ab": r.kl_ab, "kl_ba": r.kl_ba, "weighting": w}
                 cosine = None
                 if self.cosine:
-                    if r.pulls is None:
+                    if r.pulls is None:  # a row kept without the pulls: reported as damaged, below
                         raise KeyError("pull_a")
                     cosine = r.cosine
                     details |= {"pulls": r.pulls, "cosine": cosine}
