@@ -114,8 +114,7 @@ class Calibration:
 
     def percentile(self, jeffreys: float, weighting: str) -> float:
         """% of reference pairs whose divergence is larger: 'closer than X% of random everyday pairs'."""
-        ref = self.reference(weighting)
-        return float(100.0 * (len(ref) - np.searchsorted(ref, jeffreys, side="right")) / len(ref))
+        return share_larger(self.reference(weighting), jeffreys)
 
     def reference_cosines(self, weighting: str) -> np.ndarray | None:
         """The sorted reference cosines under a weighting; None for a calibration made without the pulls."""
@@ -126,10 +125,19 @@ class Calibration:
 
     def cosine_percentile(self, cosine: float, weighting: str) -> float | None:
         """% of reference pairs whose cosine is smaller: 'closer than X% of random everyday pairs'."""
-        ref = self.reference_cosines(weighting)
-        if ref is None or not len(ref):
-            return None
-        return float(100.0 * np.searchsorted(ref, cosine, side="left") / len(ref))
+        return share_smaller(self.reference_cosines(weighting), cosine)
+
+
+def share_larger(reference: np.ndarray, jeffreys: float) -> float:
+    """% of a sorted reference of divergences that is larger than `jeffreys`."""
+    return float(100.0 * (len(reference) - np.searchsorted(reference, jeffreys, side="right")) / len(reference))
+
+
+def share_smaller(reference: np.ndarray | None, cosine: float) -> float | None:
+    """% of a sorted reference of cosines that is smaller than `cosine`; None without a reference."""
+    if reference is None or not len(reference):
+        return None
+    return float(100.0 * np.searchsorted(reference, cosine, side="left") / len(reference))
 
 
 def calibrate(model, pairs: int = 300, batch_size: int | None = None, progress: bool = True, **settings) -> Calibration:
@@ -203,11 +211,18 @@ def add_percentiles(model, results: list, settings: Settings) -> None:
 
 
 def set_percentiles(results: list, found: Calibration | None, weighting: str) -> None:
-    """Each result's percentile (and its cosine's, where it has one) against a calibration; None without one."""
+    """Each result's percentile (and its cosine's, where it has one) against a calibration; None without one.
+    The references are reweighted once per call, not once per result (a matrix sets thousands)."""
+    if found is None:
+        for r in results:
+            r.percentile = None
+        return
+    divergences = found.reference(weighting)
+    cosines = found.reference_cosines(weighting) if any(r.cosine is not None for r in results) else None
     for r in results:
-        r.percentile = found.percentile(r.jeffreys, weighting) if found is not None else None
-        if r.cosine is not None and found is not None:
-            r.cosine_percentile = found.cosine_percentile(r.cosine, weighting)
+        r.percentile = share_larger(divergences, r.jeffreys)
+        if r.cosine is not None:
+            r.cosine_percentile = share_smaller(cosines, r.cosine)
 
 
 def find(model, settings: Settings, path: str | Path | None = None) -> Calibration | None:
