@@ -178,7 +178,7 @@ def build_demo() -> gr.Blocks:
                                       interactive=False, elem_classes="pixelated", elem_id="difference")
             plot = gr.LinePlot(x="step", y="nats", color="curve", color_map=h.PLOT_COLORS, color_title="",
                                colors_in_legend=list(h.PLOT_CURVES), sort=h.plot_steps(limits.max_steps),
-                               y_aggregate="sum", y_lim=[0, 1],
+                               y_aggregate="sum", y_title=" ",  # the unit is in the label: a streamed plot clips a title
                                label="Divergence added at each step (nats)", elem_id="plot")
             result = gr.Markdown(label="Result", elem_id="result")
             with gr.Row():

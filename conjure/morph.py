@@ -81,34 +81,44 @@ def check_morph(model, text_a: str, text_b: str, stages: int, settings, limits: 
 
 
 @validation.reports_out_of_memory
-def morph_steps(model, text_a: str, text_b: str, stages: int, run: Checked) -> Iterator[MorphStep]:
+def morph_steps(model, text_a: str, text_b: str, stages: int, run: Checked,
+                ends: tuple[np.ndarray, np.ndarray] | None = None) -> Iterator[MorphStep]:
     """Sample all stages together, yielding after every step (so a UI can report progress or stop).
 
+    `ends`: the end stages' images when they are drawn already: the final images of the estimator's trajectories
+    at the same settings (sample 0; (2, H, W, 3) uint8). Then only the interior stages are sampled (the app saves
+    2 of its 8 stages' model calls) and the ends are exactly those images.
     Trusts its input: `check_stages` and `check_morph` checked it at the entry point (`morph`, the CLI, the app)."""
     settings, size = run.settings, run.size
     weights = np.linspace(0.0, 1.0, stages)
-
-    encoded = model.encode([text_a, text_b])
-    cond = with_guidance(model, interpolate(encoded.take([0]), encoded.take([1]), weights), settings.guidance)
+    ends = None if ends is None else np.stack(ends)
+    drawn = weights if ends is None else weights[1:-1]  # the stages sampled here
+    n = len(drawn)
     use_null = uses_null_prompt(model, settings.guidance)
-    if use_null:  # conditioned rows first, then the null prompt once per stage
-        cond = Conditioning.cat([cond, model.encode_null().take([0] * stages)])
-
+    if n:
+        encoded = model.encode([text_a, text_b])
+        cond = with_guidance(model, interpolate(encoded.take([0]), encoded.take([1]), drawn), settings.guidance)
+        if use_null:  # conditioned rows first, then the null prompt once per stage
+            cond = Conditioning.cat([cond, model.encode_null().take([0] * n)])
     # The estimator's noise for k samples, of which the morph keeps sample 0: the end stages are A and B.
     shape = model.latent_shape(size)
     steps = schedule(model, settings.steps, settings.eta, size)
     x_T, noises = common_noise(shape, settings.samples, len(steps), settings.seed)
     device = model.device
-    x = x_T[0].to(device).expand(stages, *shape).clone()
-
+    x = x_T[0].to(device).expand(n, *shape).clone()
     for step in steps:
-        states = torch.cat([x, x]) if use_null else x
-        t_batch = torch.full((len(states),), step.timestep, dtype=torch.long, device=device)
-        out = model.predict_noise(states, t_batch, cond).float()
-        eps = guided(out[:stages], out[stages:] if use_null else None, settings.guidance)
-        x0, x = advance(x, eps, step, noises[step.index, 0])
-        last = step.index == len(steps) - 1
-        yield MorphStep(step.index + 1, settings.steps, weights, model.decode(x0) if last else None)
+        if n:
+            states = torch.cat([x, x]) if use_null else x
+            t_batch = torch.full((len(states),), step.timestep, dtype=torch.long, device=device)
+            out = model.predict_noise(states, t_batch, cond).float()
+            eps = guided(out[:n], out[n:] if use_null else None, settings.guidance)
+            x0, x = advance(x, eps, step, noises[step.index, 0])
+        images = None
+        if step.index == len(steps) - 1:
+            images = model.decode(x0) if n else np.zeros((0, *ends.shape[1:]), dtype=np.uint8)
+            if ends is not None:
+                images = np.concatenate([ends[:1], images, ends[1:]])
+        yield MorphStep(step.index + 1, settings.steps, weights, images)
 
 
 def morph(model, text_a: str, text_b: str, stages: int = 8, *, limits: Limits = LIMITS, **settings) -> MorphStep:

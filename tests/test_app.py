@@ -179,8 +179,9 @@ def test_run_streams_steps_in_order_then_the_result_then_gifs():
         assert sorted({step for step, _ in points}, key=int) == ["1", "2", "3", "4"]
         for name in ("result", "details", "morph_gif", "trajectory_gif"):  # unchanged outputs are not re-sent
             assert is_skip(u[OUT[name]])
-    first_plot = step_updates[0][OUT["plot"]]
-    assert isinstance(first_plot, gr.LinePlot) and first_plot.y_lim[0] == 0  # fixed axes from the first step
+    # The y axis scales to the data, so no frame sends a y_lim (sent as it grew, the page did not always apply it;
+    # tests/test_browser.py checks that the curves stay inside the plot)
+    assert not any(isinstance(u[OUT["plot"]], gr.LinePlot) for u in step_updates)
 
     # The score arrives before the morph is rendered; the final update repeats every output for API callers.
     results = [u for u in updates if isinstance(u[OUT["result"]], str) and u[OUT["result"]]]

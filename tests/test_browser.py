@@ -2,8 +2,8 @@
 
 Headless Debian Chromium (`apt-get install chromium chromium-driver`; `.ci/run` installs it)
 driven by Playwright for Python; no browser download, so no network is needed.
-Set CONJURE_UPDATE_DOCS=1 (with CONJURE_BROWSER_STEPS=10 CONJURE_BROWSER_STAGES=8) to save the finished page and the two
-GIFs to docs/ for the README.
+Set CONJURE_UPDATE_DOCS=1 (with CONJURE_BROWSER_STEPS=20 CONJURE_BROWSER_STAGES=8, the app's defaults) to save the
+finished page and the two GIFs to docs/ for the README.
 """
 
 import os
@@ -189,6 +189,11 @@ def test_a_run_at_the_defaults_shows_its_first_frame_then_the_result(page):
     assert 0 < first_frame < complete
     assert "Jeffreys divergence" in page.locator("#result").inner_text()
     assert "Step " not in page.locator("#status").inner_text()  # the final status replaced the progress line
+    # The y axis grew with the curves: no point of them is drawn above the plot's top (y < 0 in Vega's plot
+    # group). At 20 steps the page once kept the axis of step 3 and the curves ran off the top.
+    paths = page.locator("#plot svg .mark-line path").evaluate_all("ps => ps.map(p => p.getAttribute('d'))")
+    heights = [float(y) for d in paths for y in re.findall(r"[ML][-\d.e]+,([-\d.e]+)", d)]
+    assert heights and min(heights) >= 0, paths
 
 
 def test_compare_many_tab(page, tmp_path):

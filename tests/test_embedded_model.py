@@ -53,6 +53,26 @@ def test_most_samples_are_nearest_their_own_emoji(emoji_model):
     assert report.fraction >= 0.7
 
 
+def test_the_apps_defaults_draw_recognisable_pictures(emoji_model):
+    # The app shows the pictures, so its steps and guidance were chosen for them (results/app-steps.md): 75% of
+    # seed 0's samples at its 20 steps and guidance 3, 50% at the 10 steps it had before.
+    from conjure.app_handlers import DEFAULTS
+
+    report = evaluate_recognition(emoji_model, samples=2, steps=DEFAULTS["steps"], guidance=DEFAULTS["guidance"])
+    print(f"\nat the app's defaults: {report.fraction:.0%} of samples nearest their own emoji")
+    assert report.fraction >= 0.6
+
+
+def test_recognition_over_seeds_prints_the_mean_and_each_seed(emoji_model, capsys):
+    from training.emoji_eval import print_recognition
+
+    prompts = dict(list(RECOGNITION.items())[:3])
+    per_seed = [evaluate_recognition(emoji_model, prompts, samples=1, steps=2, seed=s).fraction for s in (0, 1)]
+    mean = print_recognition(emoji_model, prompts, samples=1, steps=2, guidance=3.0, seeds=2)
+    assert mean == pytest.approx(sum(per_seed) / 2)
+    assert f"(seeds 0-1: {per_seed[0]:.0%}, {per_seed[1]:.0%})" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("prompt", ["zxqvbnm", "🐯", "a 🍕 slice", "tiger " * 400])
 def test_odd_prompts_work(emoji_model, prompt):
     with warnings.catch_warnings(record=True) as caught:

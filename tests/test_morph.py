@@ -96,3 +96,27 @@ def test_morph_and_estimator_share_the_zero_terminal_snr_guard():
     for run in (lambda: conjure.score(model, "cat", "dog"), lambda: morph(model, "cat", "dog", stages=2)):
         with pytest.raises(conjure.ConjureError, match="zero signal"):
             run()
+
+
+@pytest.mark.parametrize("stages", [2, 5])
+def test_morph_given_its_ends_samples_only_the_stages_between(model, monkeypatch, stages):
+    # The app passes the trajectories' final images: the same morph, two stages fewer in every model call.
+    settings = Settings(steps=3, guidance=3.0, seed=4)
+    run = check_morph(model, "sun", "moon", stages, settings)
+    *_, full = morph_steps(model, "sun", "moon", stages, run)
+    batches = []
+    predict = model.predict_noise
+
+    def counting(x, t, cond):
+        batches.append(len(x))
+        return predict(x, t, cond)
+
+    monkeypatch.setattr(model, "predict_noise", counting)
+    ends = (full.images[0] + 1, full.images[-1])  # marked, to see that they are used as given
+    *_, given = morph_steps(model, "sun", "moon", stages, run, ends=ends)
+    assert batches == ([2 * (stages - 2)] * 3 if stages > 2 else [])
+    assert given.images.shape == full.images.shape and given.images.dtype == np.uint8
+    np.testing.assert_array_equal(given.images[0], ends[0])
+    np.testing.assert_array_equal(given.images[-1], ends[1])
+    np.testing.assert_allclose(given.images[1:-1], full.images[1:-1], atol=1)
+    np.testing.assert_allclose(given.weights, full.weights)

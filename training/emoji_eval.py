@@ -181,13 +181,19 @@ def sample_grid(model, prompts=GRID_PROMPTS, columns: int = 4, scale: int = 3, *
     return grid
 
 
-def print_recognition(model, prompts: dict[str, str], samples: int, steps: int, guidance: float) -> float:
-    report = evaluate_recognition(model, prompts, samples=samples, steps=steps, guidance=guidance)
-    missed = {p: n for p, n in zip(report.prompts, report.nearest) if any(x != p for x in n)}
-    print(f"{len(prompts)}-way recognition, {steps} steps, guidance {guidance:g}: {report.fraction:.1%} of samples "
-          f"nearest their own emoji (k={samples}, chance {1 / len(prompts):.0%}); missed: "
-          + "; ".join(f"{p!r} -> {n}" for p, n in missed.items()))
-    return report.fraction
+def print_recognition(model, prompts: dict[str, str], samples: int, steps: int, guidance: float,
+                      seeds: int = 1) -> float:
+    """Recognition over noise seeds 0..seeds-1 (each drawing `samples` per prompt): the mean, printed with each seed's
+    figure and, for seed 0, the prompts missed."""
+    reports = [evaluate_recognition(model, prompts, samples=samples, steps=steps, guidance=guidance, seed=seed)
+               for seed in range(seeds)]
+    fraction = float(np.mean([r.fraction for r in reports]))
+    missed = {p: n for p, n in zip(reports[0].prompts, reports[0].nearest) if any(x != p for x in n)}
+    spread = f" (seeds 0-{seeds - 1}: {', '.join(f'{r.fraction:.0%}' for r in reports)})" if seeds > 1 else ""
+    print(f"{len(prompts)}-way recognition, {steps} steps, guidance {guidance:g}: {fraction:.1%} of samples "
+          f"nearest their own emoji{spread} (k={samples}, chance {1 / len(prompts):.0%}); missed"
+          f"{' at seed 0' if seeds > 1 else ''}: " + "; ".join(f"{p!r} -> {n}" for p, n in missed.items()))
+    return fraction
 
 
 def main(argv=None):
@@ -199,18 +205,28 @@ def main(argv=None):
     p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16"],
                    help="as conjure.load_model (bfloat16 where the model's folder and the CPU allow, else float32)")
     p.add_argument("--samples", "-k", type=int, default=4)
-    p.add_argument("--steps", type=int, default=10, help="sampler steps for the triplets and the app-settings checks")
+    p.add_argument("--steps", type=int, default=Settings().steps,
+                   help="sampler steps for the triplets and the library-default checks (default: the estimator's)")
     p.add_argument("--guidance", type=float, default=Settings().guidance,
                    help="guidance for the triplets and the library-default checks at --steps (default: the estimator's)")
     p.add_argument("--grid", default=None, help="write a sample grid PNG here (50 steps, guidance 3)")
-    p.add_argument("--app-guidance", type=float, default=3.0,
-                   help="the app's guidance (conjure/app_handlers.py DEFAULTS), for a third recognition check at --steps")
-    p.add_argument("--grid-app", default=None, help="write a sample grid PNG at the app's settings (--steps, --app-guidance)")
+    p.add_argument("--app-steps", type=int, default=None,
+                   help="the app's steps, for a third recognition check (default: conjure/app_handlers.py DEFAULTS)")
+    p.add_argument("--app-guidance", type=float, default=None,
+                   help="the app's guidance, for that check (default: conjure/app_handlers.py DEFAULTS)")
+    p.add_argument("--grid-app", default=None,
+                   help="write a sample grid PNG at the app's settings (--app-steps, --app-guidance)")
+    p.add_argument("--seeds", type=int, default=1, help="recognition over noise seeds 0..SEEDS-1 (the mean)")
     p.add_argument("--grid-guidance", type=float, default=3.0)
     p.add_argument("--grid-steps", type=int, default=50)
     p.add_argument("--write-references", metavar="DATA", default=None,
                    help="write the recognition references from a dataset folder (python -m training.emoji_data) and stop")
     args = p.parse_args(argv)
+    if args.app_steps is None or args.app_guidance is None:
+        from conjure.app_handlers import DEFAULTS  # imports Gradio: only when the app's settings are not given
+
+        args.app_steps = DEFAULTS["steps"] if args.app_steps is None else args.app_steps
+        args.app_guidance = DEFAULTS["guidance"] if args.app_guidance is None else args.app_guidance
     if args.write_references:
         print(f"wrote {write_references(Path(args.write_references))}")
         return
@@ -221,15 +237,15 @@ def main(argv=None):
         print(f"{'ok ' if ok else 'BAD'} {'ok ' if base else 'BAD'}  {a!r}: {n!r} < {f!r}")
     print(f"near ranked below far: conjure {report.conjure_fraction:.1%}, MiniLM cosine {report.minilm_fraction:.1%} "
           f"({len(TRIPLETS)} triplets, k={args.samples}, {args.steps} steps, guidance {args.guidance:g})")
-    settings = {(args.grid_steps, args.grid_guidance), (args.steps, args.guidance), (args.steps, args.app_guidance)}
+    settings = {(args.grid_steps, args.grid_guidance), (args.steps, args.guidance), (args.app_steps, args.app_guidance)}
     for prompts in (RECOGNITION, RECOGNITION_50):
         for steps, guidance in sorted(settings, reverse=True):
-            print_recognition(model, prompts, args.samples, steps, guidance)
+            print_recognition(model, prompts, args.samples, steps, guidance, seeds=args.seeds)
     if args.grid:
         sample_grid(model, steps=args.grid_steps, guidance=args.grid_guidance).save(args.grid)
         print(f"wrote {args.grid}")
     if args.grid_app:
-        sample_grid(model, steps=args.steps, guidance=args.app_guidance).save(args.grid_app)
+        sample_grid(model, steps=args.app_steps, guidance=args.app_guidance).save(args.grid_app)
         print(f"wrote {args.grid_app}")
 
 

@@ -402,7 +402,7 @@ def export(unet, scheduler, folder: Path, card: dict):
     }
     (folder / "conjure.json").write_text(json.dumps(meta, indent=2) + "\n")
     (folder / "README.md").write_text(model_card(card, final / "README.md"))
-    for name in ("samples.png", "samples-10-steps.png"):  # sample grids are made separately (training.emoji_eval)
+    for name in ("samples.png", "samples-app.png"):  # sample grids are made separately (training.emoji_eval)
         if (final / name).exists():
             shutil.copy(final / name, folder / name)
     old = final.with_name(final.name + ".old")
