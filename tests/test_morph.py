@@ -42,7 +42,8 @@ def test_morph_ends_are_the_estimators_trajectories(model):
     np.testing.assert_allclose(result.weights, [0, 1 / 3, 2 / 3, 1])
 
 
-def test_morph_batches_all_stages_into_one_model_call_per_step(model, monkeypatch):
+def counted_batches(model, monkeypatch) -> list[int]:
+    """The batch size of every model call from now on (a list that fills as the model is called)."""
     batches = []
     predict = model.predict_noise
 
@@ -51,6 +52,11 @@ def test_morph_batches_all_stages_into_one_model_call_per_step(model, monkeypatc
         return predict(x, t, cond)
 
     monkeypatch.setattr(model, "predict_noise", counting)
+    return batches
+
+
+def test_morph_batches_all_stages_into_one_model_call_per_step(model, monkeypatch):
+    batches = counted_batches(model, monkeypatch)
     run = check_morph(model, "sun", "moon", 5, Settings(steps=3, guidance=3.0))
     steps = list(morph_steps(model, "sun", "moon", 5, run))
     assert batches == [10, 10, 10]  # 5 stages, conditioned and unconditioned, once per step
@@ -104,14 +110,7 @@ def test_morph_given_its_ends_samples_only_the_stages_between(model, monkeypatch
     settings = Settings(steps=3, guidance=3.0, seed=4)
     run = check_morph(model, "sun", "moon", stages, settings)
     *_, full = morph_steps(model, "sun", "moon", stages, run)
-    batches = []
-    predict = model.predict_noise
-
-    def counting(x, t, cond):
-        batches.append(len(x))
-        return predict(x, t, cond)
-
-    monkeypatch.setattr(model, "predict_noise", counting)
+    batches = counted_batches(model, monkeypatch)
     ends = (full.images[0] + 1, full.images[-1])  # marked, to see that they are used as given
     *_, given = morph_steps(model, "sun", "moon", stages, run, ends=ends)
     assert batches == ([2 * (stages - 2)] * 3 if stages > 2 else [])
