@@ -115,7 +115,7 @@ def morph_steps(model, text_a: str, text_b: str, stages: int, run: Checked,
             x0, x = advance(x, eps, step, noises[step.index, 0])
         images = None
         if step.index == len(steps) - 1:
-            images = model.decode(x0) if n else np.zeros((0, *ends.shape[1:]), dtype=np.uint8)
+            images = model.decode(x0) if n else ends[:0]  # two stages, both given: nothing to decode
             if ends is not None:
                 images = np.concatenate([ends[:1], images, ends[1:]])
         yield MorphStep(step.index + 1, settings.steps, weights, images)
