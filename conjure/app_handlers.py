@@ -77,10 +77,10 @@ def app_limits() -> Limits:
 
 MAX_UPLOAD = "1kb"  # Gradio's max_file_size: the app takes no files, so its /upload route takes next to nothing
 MAX_GUIDANCE = 20.0
-# The app's settings. 20 steps and guidance 3, where the library and CLI use 10 and 1: the app is for looking at
+# The app's settings. 20 steps and guidance 5, where the library and CLI use 10 and 1: the app is for looking at
 # the pictures, and on the embedded model these draw far more recognisable ones while ranking pairs the same (at
 # twice and 1.5x the model calls; the measurements: docs/app.md#settings).
-DEFAULTS = {"steps": 20, "samples": 1, "guidance": 3.0, "seed": 0, "size": 0, "stages": 8}
+DEFAULTS = {"steps": 20, "samples": 1, "guidance": 5.0, "seed": 0, "size": 0, "stages": 8}
 
 EXAMPLES = [
     ["snow leopard", "bengal tiger"],

@@ -54,8 +54,9 @@ def test_most_samples_are_nearest_their_own_emoji(emoji_model):
 
 
 def test_the_apps_defaults_draw_recognisable_pictures(emoji_model):
-    # The app shows the pictures, so its steps and guidance were chosen for them (results/app-steps.md): 75% of
-    # seed 0's samples at its 20 steps and guidance 3, 50% at the 10 steps it had before.
+    # The app shows the pictures, so its steps and guidance were chosen for them (results/app-steps.md,
+    # app-guidance.md): 75% of seed 0's samples at its 20 steps and guidance 5, as at guidance 3 (83% and 87% over
+    # seeds 0-4), 50% at the 10 steps it had before.
     from conjure.app_handlers import DEFAULTS
 
     report = evaluate_recognition(emoji_model, samples=2, steps=DEFAULTS["steps"], guidance=DEFAULTS["guidance"])
@@ -71,6 +72,17 @@ def test_recognition_over_seeds_prints_the_mean_and_each_seed(emoji_model, capsy
     mean = print_recognition(emoji_model, prompts, samples=1, steps=2, guidance=3.0, seeds=2)
     assert mean == pytest.approx(sum(per_seed) / 2)
     assert f"(seeds 0-1: {per_seed[0]:.0%}, {per_seed[1]:.0%})" in capsys.readouterr().out
+
+
+def test_the_dev_recognition_prompts_are_apart_from_the_reported_ones_and_have_references():
+    # Settings are chosen on RECOGNITION_DEV (bench/bench_recognition.py --set dev) and reported on the others.
+    from training.emoji_eval import RECOGNITION_50, RECOGNITION_DEV, RECOGNITION_DEV_10, reference_images
+
+    reported = {**RECOGNITION, **RECOGNITION_50}
+    assert len(RECOGNITION_DEV) == 50 and set(RECOGNITION_DEV_10.items()) <= set(RECOGNITION_DEV.items())
+    assert not set(RECOGNITION_DEV) & set(reported) and not set(RECOGNITION_DEV.values()) & set(reported.values())
+    images, chars = reference_images(list(RECOGNITION_DEV.values()))
+    assert set(chars) == set(RECOGNITION_DEV.values()) and len(images) == 3 * len(RECOGNITION_DEV)  # three styles
 
 
 @pytest.mark.parametrize("prompt", ["zxqvbnm", "🐯", "a 🍕 slice", "tiger " * 400])

@@ -58,6 +58,22 @@ RECOGNITION_50 = {
     "a smiling face": "😃", "a ghost": "👻", "a red heart": "❤️",
 }
 
+# To choose settings on (the app's guidance, results/app-guidance.md): 50 other everyday concepts, none in the sets
+# above, and a 10-way set drawn from them. The sets above are then measured once with the choice.
+RECOGNITION_DEV = {
+    "a rabbit": "🐇", "a mouse": "🐁", "a bear": "🐻", "a koala": "🐨", "a panda": "🐼", "a lion": "🦁", "a zebra": "🦓",
+    "a camel": "🐫", "a kangaroo": "🦘", "an owl": "🦉", "a duck": "🦆", "a parrot": "🦜", "a flamingo": "🦩",
+    "a crab": "🦀", "a hedgehog": "🦔", "a dolphin": "🐬", "a bee": "🐝", "a ladybug": "🐞", "a spider": "🕷️",
+    "a dragon": "🐉", "a cherry": "🍒", "a peach": "🍑", "a pineapple": "🍍", "a pear": "🍐", "an avocado": "🥑",
+    "an ear of corn": "🌽", "a mushroom": "🍄", "a hot dog": "🌭", "a taco": "🌮", "french fries": "🍟",
+    "an ice cream cone": "🍦", "a cookie": "🍪", "a steam locomotive": "🚂", "a motorcycle": "🏍️", "a fire engine": "🚒",
+    "a helicopter": "🚁", "a ship": "🚢", "a tractor": "🚜", "an umbrella": "☂️", "a light bulb": "💡", "a key": "🔑",
+    "a trophy": "🏆", "a crown": "👑", "a basketball": "🏀", "a snowflake": "❄️", "a cloud": "☁️", "a volcano": "🌋",
+    "a sunflower": "🌻", "a palm tree": "🌴", "fire": "🔥",
+}
+RECOGNITION_DEV_10 = {p: RECOGNITION_DEV[p] for p in ("a rabbit", "a panda", "an owl", "a cherry", "a taco",
+                                                       "a helicopter", "an umbrella", "a crown", "a sunflower", "fire")}
+
 # The sample grid: the app's example prompts, phrases that are no emoji's name, and everyday concepts.
 GRID_PROMPTS = ["snow leopard", "bengal tiger", "a red sports car", "a slice of pepperoni pizza", "a bag of chips",
                 "french fries", "hamburger", "red apple", "green apple", "sun", "crescent moon", "cat face", "rocket",
@@ -110,7 +126,7 @@ def write_references(data_folder: Path, out: Path = REFERENCES, prompts: dict[st
     """Each recognition concept's emoji in every training style, from the dataset `training.emoji_data` built."""
     from training import emoji_data
 
-    prompts = prompts or {**RECOGNITION_50, **RECOGNITION}
+    prompts = prompts or {**RECOGNITION_50, **RECOGNITION, **RECOGNITION_DEV}
     images, concept, style, concepts = emoji_data.load(data_folder)
     index = {c["char"].replace("\ufe0f", ""): i for i, c in enumerate(concepts)}
     chars, styles, pictures = [], [], []
