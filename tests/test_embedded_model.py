@@ -55,8 +55,8 @@ def test_most_samples_are_nearest_their_own_emoji(emoji_model):
 
 def test_the_apps_defaults_draw_recognisable_pictures(emoji_model):
     # The app shows the pictures, so its steps and guidance were chosen for them (results/app-steps.md,
-    # app-guidance.md): 75% of seed 0's samples at its 20 steps and guidance 5, as at guidance 3 (83% and 87% over
-    # seeds 0-4), 50% at the 10 steps it had before.
+    # app-guidance.md): 75% of seed 0's samples at its 20 steps and guidance 5 (87% over seeds 0-4; guidance 3: 75%
+    # and 83%), 50% at the 10 steps it had before.
     from conjure.app_handlers import DEFAULTS
 
     report = evaluate_recognition(emoji_model, samples=2, steps=DEFAULTS["steps"], guidance=DEFAULTS["guidance"])

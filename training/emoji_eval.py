@@ -8,7 +8,8 @@ to choose anything in training. The MiniLM cosine baseline ranks the same triple
 1 - cosine of the text encoder's sentence embeddings ("what the words say").
 Recognition draws samples for everyday prompts and asks whether each is nearest to its own emoji
 among the references: the 10-way test (10 prompts, chance 10%) and the harder 50-way test (50
-everyday concepts, chance 2%). References are each concept's emoji in all three training styles
+everyday concepts, chance 2%); RECOGNITION_DEV (50 other concepts) and RECOGNITION_DEV_10 are for choosing
+settings on (`bench/bench_recognition.py --set dev`). References are each concept's emoji in all three training styles
 (OpenMoji, Twemoji, Noto), shipped in `assets/emoji-references-32.npz` (written from the training
 data by `--write-references`), so the check needs neither npm nor the font.
 """
