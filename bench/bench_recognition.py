@@ -50,9 +50,8 @@ def main():
         for guidance in (float(g) for g in args.guidance.split(",")):
             start, cells = time.perf_counter(), []
             for prompts in (ten, fifty):
-                per_seed = [emoji_eval.evaluate_recognition(model, prompts, samples=args.samples, steps=steps,
-                                                            guidance=guidance, seed=seed).fraction
-                            for seed in range(args.seeds)]
+                per_seed = [r.fraction for r in emoji_eval.recognition_over_seeds(model, prompts, args.samples, steps,
+                                                                                   guidance, args.seeds)]
                 cells.append(f"{100 * np.mean(per_seed):.1f}% ({', '.join(f'{100 * f:.0f}' for f in per_seed)})")
             print(f"| {steps} | {guidance:g} | {cells[0]} | {cells[1]} | {time.perf_counter() - start:.0f} |",
                   flush=True)

@@ -198,12 +198,18 @@ def sample_grid(model, prompts=GRID_PROMPTS, columns: int = 4, scale: int = 3, *
     return grid
 
 
+def recognition_over_seeds(model, prompts: dict[str, str], samples: int, steps: int, guidance: float,
+                           seeds: int) -> list[RecognitionReport]:
+    """`evaluate_recognition` at noise seeds 0..seeds-1, each drawing `samples` per prompt."""
+    return [evaluate_recognition(model, prompts, samples=samples, steps=steps, guidance=guidance, seed=seed)
+            for seed in range(seeds)]
+
+
 def print_recognition(model, prompts: dict[str, str], samples: int, steps: int, guidance: float,
                       seeds: int = 1) -> float:
     """Recognition over noise seeds 0..seeds-1 (each drawing `samples` per prompt): the mean, printed with each seed's
     figure and, for seed 0, the prompts missed."""
-    reports = [evaluate_recognition(model, prompts, samples=samples, steps=steps, guidance=guidance, seed=seed)
-               for seed in range(seeds)]
+    reports = recognition_over_seeds(model, prompts, samples, steps, guidance, seeds)
     fraction = float(np.mean([r.fraction for r in reports]))
     missed = {p: n for p, n in zip(reports[0].prompts, reports[0].nearest) if any(x != p for x in n)}
     spread = f" (seeds 0-{seeds - 1}: {', '.join(f'{r.fraction:.0%}' for r in reports)})" if seeds > 1 else ""
