@@ -29,6 +29,8 @@ CSS = """
 #status { min-height: 2.5em; }
 /* the neighbours table: phrases stay on one line instead of breaking mid-word */
 #matrix-neighbours td:first-child, #matrix-neighbours th:first-child { white-space: nowrap; }
+/* the Why panel's captions ("snow +1127") may use the whole tile (Gradio's own stop at 80% of it) */
+#why-maps .caption-label, #why-without .caption-label { max-width: calc(100% - 8px); }
 """
 THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 

@@ -767,17 +767,19 @@ def format_why(e) -> str:
 def why_galleries(e) -> tuple[list, list]:
     """(each word's map, captioned), (the image drawn without each word, captioned): A's words, then B's.
 
-    Each map has its own colour scale (where this word acts); the caption gives its size."""
-    words = [("A", w, e.images[0] if e.images else None) for w in e.words_a] + \
-        [("B", w, e.images[1] if e.images else None) for w in e.words_b]
+    Each map has its own colour scale (where this word acts); the caption gives its size. A tile shows about a
+    dozen characters of its caption: the word first, then its contribution (whole nats from 100 up; the table
+    under the galleries has the exact figures and each prompt without the word)."""
+    words = [(w, e.images[0] if e.images else None) for w in e.words_a] + \
+        [(w, e.images[1] if e.images else None) for w in e.words_b]
     maps, without = [], []
-    for which, w, under in words:
-        caption = f"{which} · {w.word} ({'+' if w.contribution > 0 else ''}{animation.format_number(w.contribution)})"
+    for w, under in words:
+        c = w.contribution
+        size = f"{c:+.0f}" if 100 <= abs(c) < 1e5 else ("+" if c > 0 else "") + animation.format_number(c)
         if w.map is not None:
-            maps.append((animation.resize(animation.contribution_map(w.map, under), WHY_TILE), caption))
+            maps.append((animation.resize(animation.contribution_map(w.map, under), WHY_TILE), f"{w.word} {size}"))
         if w.image is not None:
-            without.append((animation.resize(w.image, WHY_TILE),
-                            f"{which} without “{w.word}”: {w.without or '(empty)'}"))
+            without.append((animation.resize(w.image, WHY_TILE), f"− {w.word}"))
     return maps, without
 
 

@@ -590,8 +590,10 @@ def test_run_explain_shows_each_word_highlighted_its_maps_and_the_images_without
     assert all(-1 <= v <= 1 for v in scores) and 1.0 in scores  # each sign on its own scale: the largest is 1
     assert len(final["why_maps"]) == 4 and len(final["why_without"]) == 4  # a map and an image per word
     picture, caption = final["why_maps"][1]
-    assert picture.size == (h.WHY_TILE, h.WHY_TILE) and caption.startswith("A · black (")
-    assert final["why_without"][3][1] == "B without “cat”: (empty)"
+    assert picture.size == (h.WHY_TILE, h.WHY_TILE) and caption.startswith("black ")
+    contribution = final["why_details"]["words_a"][1]["contribution"]  # the caption's figure is the word's
+    assert float(caption.split()[1]) == pytest.approx(contribution, abs=0.5 if abs(contribution) >= 100 else 0.006 * abs(contribution))
+    assert [caption for _, caption in final["why_without"]] == ["− a", "− black", "− horse", "− cat"]
     details = final["why_details"]
     assert [w["word"] for w in details["words_a"]] == ["a", "black", "horse"] and "jeffreys" in details
     assert "| A | " in final["why_table"] and "*(the empty prompt)*" in final["why_table"]
