@@ -88,7 +88,7 @@ def build_matrix_tab(limits, defaults, models, default_model) -> None:
 
     status = gr.Markdown("Type some phrases, one per line, and press **Run**.", elem_id="matrix-status")
     with gr.Row(equal_height=True):
-        heatmap = gr.Image(label="By the images: Jeffreys divergence (darker = closer)", format="png",
+        heatmap = gr.Image(label="By the images: cosine of the pulls (darker = closer)", format="png",
                            interactive=False, elem_id="matrix-heatmap")
         text_heatmap = gr.Image(label="By the words: text-encoder cosine (darker = closer)", format="png",
                                 interactive=False, elem_id="matrix-text-heatmap")
@@ -96,7 +96,7 @@ def build_matrix_tab(limits, defaults, models, default_model) -> None:
         meaning_map = gr.Image(label="A map of meanings", format="png", interactive=False, elem_id="matrix-map")
         neighbours = gr.Markdown(elem_id="matrix-neighbours")
     with gr.Row():
-        csv = gr.DownloadButton("Download the matrix (CSV)", visible=False, elem_id="matrix-csv")
+        csv = gr.DownloadButton("Download the Jeffreys matrix (CSV)", visible=False, elem_id="matrix-csv")
         heatmap_png = gr.DownloadButton("Download the heatmap (PNG)", visible=False, elem_id="matrix-heatmap-png")
         map_png = gr.DownloadButton("Download the map (PNG)", visible=False, elem_id="matrix-map-png")
     with gr.Accordion("Matrix as JSON", open=False):

@@ -594,8 +594,10 @@ def main(argv=None) -> int:
     p.add_argument("phrases", nargs="*", metavar="PHRASE")
     p.add_argument("--file", help="more phrases, one per line (UTF-8; blank lines and repeats are skipped)")
     p.add_argument("--csv", metavar="FILE", help="write the Jeffreys matrix as CSV")
-    p.add_argument("--png", metavar="FILE", help="write a heatmap of the matrix with the values (PNG)")
-    p.add_argument("--map", metavar="FILE", help="write the map of meanings: each phrase's image at its MDS point (PNG)")
+    p.add_argument("--png", metavar="FILE",
+                   help="write a heatmap of the matrix with the values (PNG; with --cosine, of the cosines)")
+    p.add_argument("--map", metavar="FILE", help="write the map of meanings: each phrase's image at its MDS point "
+                                                  "(PNG; with --cosine, drawn from the cosines)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     add_batch_size_option(p)
     p.add_argument("--max-phrases", type=int, default=LIMITS.max_phrases,

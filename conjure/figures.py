@@ -172,17 +172,19 @@ def _spread(centres: np.ndarray, half: np.ndarray, bounds: tuple[float, float, f
 
 def meaning_map(result, *, size: tuple[int, int] | None = None, thumb: int | None = None,
                 title: str = "A map of meanings") -> Image.Image:
-    """Each phrase's own image at its point of a 2-D classical MDS of the Jeffreys matrix.
+    """Each phrase's own image at its point of a 2-D classical MDS of the matrix (`MatrixResult.map_measure`).
 
-    Distances on the page approximate sqrt(D_J) (`MatrixResult.mds`); both axes share one scale.
+    Distances on the page approximate sqrt(D_J), or sqrt(2 (1 - cos)) for a matrix with cosines
+    (`MatrixResult.mds`); both axes share one scale.
     A grey line joins each phrase's picture to its nearest neighbour's (by the cosine where the matrix has it, else
     by divergence); where pictures would overlap they are nudged apart, and a hair-line leads from the picture to
     its true point.
     """
     phrases, images = result.phrases, result.images
     n = len(phrases)
-    coords = result.mds(2)
-    share = result.mds_share(2)
+    by = result.map_measure
+    coords = result.mds(2, by=by)
+    share = result.mds_share(2, by=by)
     width, height = size or ((760, 620) if n <= 10 else (1000, 820) if n <= 20 else (1240, 1000))
     thumb = thumb or (96 if n <= 6 else 80 if n <= 10 else 56 if n <= 20 else 40)
     if 2 * images.shape[1] <= thumb:  # pixel art: a whole number of screen pixels per image pixel
@@ -210,9 +212,10 @@ def meaning_map(result, *, size: tuple[int, int] | None = None, thumb: int | Non
     image = Image.new("RGB", (width, height), PAPER)
     draw = ImageDraw.Draw(image)
     draw.text((pad, pad + 8), title, fill=INK, font=font(18), anchor="lm")
-    draw.text((pad, pad + 32), f"classical MDS of the Jeffreys divergences: distance on the page ~ sqrt(divergence); "
-                               f"the two axes show {100 * share:.0f}% of the spread", fill=POINT, font=font(12),
-              anchor="lm")
+    drawn = ("the cosines of the pulls: distance on the page ~ sqrt(1 - cosine)" if by == "cosine" else
+             "the Jeffreys divergences: distance on the page ~ sqrt(divergence)")
+    draw.text((pad, pad + 32), f"classical MDS of {drawn}; the two axes show {100 * share:.0f}% of the spread",
+              fill=POINT, font=font(12), anchor="lm")
     draw.line([(area[0], header + 4), (area[2], header + 4)], fill=GRID)
     for phrase, neighbour, _ in result.nearest(result.images_measure):  # between the pictures, so lines can be followed
         i, j = phrases.index(phrase), phrases.index(neighbour)
@@ -236,12 +239,19 @@ def meaning_map(result, *, size: tuple[int, int] | None = None, thumb: int | Non
 
 
 def matrix_figures(result, text_encoder: str = "text encoder") -> dict[str, Image.Image]:
-    """The three pictures of a MatrixResult: "heatmap" (Jeffreys), "text_heatmap" (cosine) and "map"."""
+    """The three pictures of a MatrixResult: "heatmap" (what the images say: the cosine of the pulls where the
+    matrix has it, else the Jeffreys divergence; `MatrixResult.map_measure`), "text_heatmap" (the text encoder's
+    cosine) and "map" (drawn from the same measure as the heatmap)."""
     settings = result.settings
     note = f"{result.model} · {settings['steps']} steps · k = {settings['samples']} · seed {settings['seed']}"
+    if result.map_measure == "cosine":
+        images = heatmap(result.cosine, result.phrases, result.images, alike="high", fmt=lambda v: f"{v:.2f}",
+                         title="What the images say: cosine of the pulls", note=note)
+    else:
+        images = heatmap(result.jeffreys, result.phrases, result.images,
+                         title="What the images say: Jeffreys divergence (nats)", note=note)
     return {
-        "heatmap": heatmap(result.jeffreys, result.phrases, result.images,
-                           title="What the images say: Jeffreys divergence (nats)", note=note),
+        "heatmap": images,
         "text_heatmap": heatmap(result.text_cosine, result.phrases, result.images, alike="high",
                                 fmt=lambda v: f"{v:.2f}",
                                 title="What the words say: cosine similarity", note=f"{text_encoder} embeddings"),

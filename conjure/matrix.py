@@ -123,6 +123,14 @@ class MatrixResult:
         """What "nearest by the images" reads: the cosine of the pulls where the matrix has it, else the divergence."""
         return "cosine" if self.cosine is not None else "jeffreys"
 
+    @property
+    def map_measure(self) -> str:
+        """What the map of meanings and the heatmap of the images draw: `images_measure`, except that a matrix
+        with a phrase that does not move the model (no cosine) falls back to the divergence."""
+        if self.cosine is not None and np.isfinite(self.cosine).all():
+            return "cosine"
+        return "jeffreys"
+
     def nearest(self, by: str = "jeffreys") -> list[tuple[str, str, float]]:
         """For each phrase, (phrase, its nearest other phrase, the value): the smallest divergence, with
         by="cosine" the largest cosine of the pulls (a matrix made with cosine=True), or with by="text" the
@@ -139,20 +147,37 @@ class MatrixResult:
             out.append((phrase, self.phrases[j], float(values[i, j])))
         return out
 
-    def mds(self, dims: int = 2) -> np.ndarray:
-        """(N, dims) coordinates of the map of meanings: classical MDS with D_J as the squared distance.
+    def squared_distances(self, by: str = "jeffreys") -> np.ndarray:
+        """What the map of meanings draws as squared distances: D_J itself, or with by="cosine" the squared chord
+        2 (1 - cos) between the two phrases' pulls scaled to unit length (a matrix made with cosine=True, where
+        every phrase moves the model)."""
+        if by == "jeffreys":
+            return self.jeffreys
+        if by != "cosine":
+            raise ConjureError(f"by=... is 'jeffreys' or 'cosine', got {by!r}")
+        if self.cosine is None:
+            raise ConjureError("this matrix has no cosines: make it with cosine=True")
+        if not np.isfinite(self.cosine).all():
+            raise ConjureError("a phrase that does not move the model has no cosine, so no place on its map; "
+                               "use by='jeffreys'")
+        return 2.0 * (1.0 - self.cosine)
 
-        That is, sqrt(D_J) is the distance being drawn. D_J is a divergence, not a metric (the triangle
-        inequality can fail), but it grows like a squared distance: between nearby processes a KL is
-        half a squared (Fisher) length, and on a Gaussian model (x0 ~ N(m_y, I)) D_J is exactly
-        c ||m_a - m_b||^2, so the map recovers the means' layout. The part of the input that no
-        Euclidean layout can show appears as negative eigenvalues, which are dropped (see `mds_share`).
+    def mds(self, dims: int = 2, by: str = "jeffreys") -> np.ndarray:
+        """(N, dims) coordinates of the map of meanings: classical MDS of `squared_distances(by)`.
+
+        With D_J as the squared distance, sqrt(D_J) is the distance being drawn. D_J is a divergence, not a
+        metric (the triangle inequality can fail), but it grows like a squared distance: between nearby
+        processes a KL is half a squared (Fisher) length, and on a Gaussian model (x0 ~ N(m_y, I)) D_J is
+        exactly c ||m_a - m_b||^2, so the map recovers the means' layout. With by="cosine" the drawn distance
+        is sqrt(2 (1 - cos)), the chord between unit vectors at that cosine (on the Gaussian model, the layout
+        of the means' directions). The part of the input that no Euclidean layout can show appears as negative
+        eigenvalues, which are dropped (see `mds_share`).
         """
-        return classical_mds(self.jeffreys, dims)[0]
+        return classical_mds(self.squared_distances(by), dims)[0]
 
-    def mds_share(self, dims: int = 2) -> float:
+    def mds_share(self, dims: int = 2, by: str = "jeffreys") -> float:
         """The share of the positive MDS spectrum that the first `dims` axes show (1 = the map is exact)."""
-        values = classical_mds(self.jeffreys, dims)[1]
+        values = classical_mds(self.squared_distances(by), dims)[1]
         positive = values[values > 0]
         return float(positive[:dims].sum() / positive.sum()) if positive.sum() > 0 else 1.0
 
@@ -165,7 +190,8 @@ class MatrixResult:
             "duplicates": self.duplicates, "truncated": self.truncated,
             "nearest": [{"phrase": p, "nearest": q, "jeffreys": v} for p, q, v in self.nearest()],
             "nearest_by_text": [{"phrase": p, "nearest": q, "cosine": v} for p, q, v in self.nearest("text")],
-            "mds": listed(self.mds()), "mds_share": self.mds_share(),
+            "mds": listed(self.mds(by=self.map_measure)), "mds_share": self.mds_share(by=self.map_measure),
+            "mds_by": self.map_measure,
             "pairs": self.pairs, "settings": self.settings, "model": self.model, "dtype": self.dtype,
             "compiled": self.compiled, "seconds": self.seconds,
             **({"cosine": [[None if math.isnan(v) else v for v in row] for row in self.cosine.tolist()],

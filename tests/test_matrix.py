@@ -170,6 +170,55 @@ def test_the_map_of_a_gaussian_model_is_the_layout_of_its_means():
     assert m.mds_share() == pytest.approx(1.0, abs=1e-6)
 
 
+def test_with_cosines_the_map_is_the_layout_of_the_means_directions():
+    # On the Gaussian model the cosine of the pulls is exactly cos(m_a, m_b), so the map drawn from the cosines
+    # (squared distance 2 (1 - cos), the chord between unit vectors) recovers the layout of the unit means.
+    layout = np.array([[1.0, 0.1], [0.8, 0.9], [0.1, 1.5], [-1.0, 0.6], [0.3, -1.2]])
+    g = torch.Generator().manual_seed(1)
+    u, v = torch.randn((2, 3, 4, 4), generator=g)
+    names = [f"p{i}" for i in range(len(layout))]
+    means = {n: float(x) * u + float(y) * v for n, (x, y) in zip(names, layout)}
+    m = conjure.similarity_matrix(GaussianModel(means), names, steps=10, cosine=True)
+    assert m.map_measure == "cosine"
+    unit = torch.nn.functional.normalize(torch.stack(list(means.values())).flatten(1).double(), dim=1)
+    true = torch.cdist(unit, unit).numpy()
+    coords = m.mds(by="cosine")
+    shown = np.sqrt(((coords[:, None] - coords[None]) ** 2).sum(-1))
+    assert shown == pytest.approx(true, abs=1e-4)
+    assert not np.allclose(coords, m.mds())  # not the divergences' map: lengths are taken out
+    d = m.to_dict()
+    assert d["mds_by"] == "cosine" and np.allclose(d["mds"], coords)  # the JSON's map is the one drawn
+    with pytest.raises(ConjureError, match="'jeffreys' or 'cosine'"):
+        m.mds(by="text")
+    without = conjure.similarity_matrix(GaussianModel(means), names, steps=2)
+    with pytest.raises(ConjureError, match="no cosines"):
+        without.mds(by="cosine")
+    assert without.map_measure == "jeffreys"
+
+
+def test_figures_draw_what_the_neighbours_read(gaussian, monkeypatch):
+    """With cosines, the heatmap of the images shows them (beside the text encoder's cosines) and the map is
+    drawn from them; a phrase with no cosine (it does not move the model) falls back to the divergence."""
+    from conjure import figures
+
+    m = conjure.similarity_matrix(gaussian, NAMES, steps=3, cosine=True)
+    drawn = []
+    real_heatmap = figures.heatmap
+    monkeypatch.setattr(figures, "heatmap", lambda values, *a, **k: drawn.append((values, k)) or
+                        real_heatmap(values, *a, **k))
+    figures.matrix_figures(m, "test encoder")
+    (images, how), (words, _) = drawn
+    assert images is m.cosine and how["alike"] == "high" and "cosine" in how["title"] and words is m.text_cosine
+    m.cosine = m.cosine.copy()
+    m.cosine[0, 1] = m.cosine[1, 0] = np.nan
+    assert m.map_measure == "jeffreys" and m.images_measure == "cosine"
+    drawn.clear()
+    figures.matrix_figures(m, "test encoder")
+    assert drawn[0][0] is m.jeffreys and "Jeffreys" in drawn[0][1]["title"]
+    with pytest.raises(ConjureError, match="no place on its map"):
+        m.mds(by="cosine")
+
+
 def test_figures_draw_the_matrix_and_the_map(gaussian):
     from conjure import figures
 
