@@ -743,14 +743,21 @@ def highlighted(words, peaks: tuple[float, float]) -> list[tuple[str, float]]:
     return [(w.word + (" " if i < len(words) - 1 else ""), scaled(w.contribution)) for i, w in enumerate(words)]
 
 
+def most_apart(e) -> str:
+    """Which word of each prompt pushes the two apart most: 'most in A “tiger”, most in B “snow”'. Where every word
+    of a prompt pulls them together (each contribution negative), none is named."""
+    return ", ".join(f"most in {which} “{html.escape(top.word)}”" if top.contribution > 0 else
+                     f"no word of {which} pushes them apart" for which, top in (("A", e.top("a")), ("B", e.top("b"))))
+
+
 def format_why(e) -> str:
-    """The contributions as a table: each prompt's words in order, the largest in bold."""
+    """The contributions as a table: each prompt's words in order, the largest in bold where it is positive."""
     number = animation.format_number
     rows = ["| prompt | word | contribution (nats) | the prompt without it |", "|---|---|---:|---|"]
     for which, words in (("A", e.words_a), ("B", e.words_b)):
         top = e.top(which)
         for w in words:
-            word = f"**{cell(w.word)}**" if w is top else cell(w.word)
+            word = f"**{cell(w.word)}**" if w is top and w.contribution > 0 else cell(w.word)
             se = f" ± {number(w.stderr)}" if w.stderr is not None else ""
             without = cell(w.without) if w.without else "*(the empty prompt)*"
             rows.append(f"| {which} | {word} | {'+' if w.contribution > 0 else ''}{number(w.contribution)}{se} "
@@ -808,9 +815,8 @@ def run_explain(text_a: str, text_b: str, model: str | None = None, steps: int =
     peaks = (max([c for c in contributions if c > 0], default=0.0),
              max([-c for c in contributions if c < 0], default=0.0))
     maps, without = why_galleries(e)
-    top_a, top_b = e.top("a"), e.top("b")
     yield explain_updates(
-        why_status=f"**Why they differ (Jeffreys divergence {animation.format_number(e.jeffreys)}):** most in A "
-                   f"“{html.escape(top_a.word)}”, most in B “{html.escape(top_b.word)}” · {e.seconds:.1f} s",
+        why_status=f"**Why they differ (Jeffreys divergence {animation.format_number(e.jeffreys)}):** "
+                   f"{most_apart(e)} · {e.seconds:.1f} s",
         why_a=highlighted(e.words_a, peaks), why_b=highlighted(e.words_b, peaks), why_table=format_why(e),
         why_maps=maps, why_without=without, why_details=e.to_dict())

@@ -424,7 +424,7 @@ def cmd_rank(args) -> int:
 
 
 def format_explanation(e) -> str:
-    """Each prompt with its words' contributions, in prompt order, the largest marked."""
+    """Each prompt with its words' contributions, in prompt order, the largest marked where it is positive."""
     from conjure.attribution import LEAVE_OUT
 
     se = f" ± {e.stderr:.4g}" if e.stderr is not None else ""
@@ -440,9 +440,12 @@ def format_explanation(e) -> str:
         width = max(len(w.word) for w in words)
         for w in words:
             err = f" ± {w.stderr:.3g}" if w.stderr is not None else ""
-            mark = "  <- largest" if w is top else ""
+            mark = "  <- largest" if w is top and w.contribution > 0 else ""
             alone = "  (vs the empty prompt)" if not w.without else ""
             lines.append(f"    {w.word:<{width}}  {w.contribution:+10.4f}{err}{alone}{mark}")
+        if top.contribution <= 0:  # the largest of all-negative contributions is no reason the prompts differ
+            lines.append(f"    (no word of {which} pushes the prompts apart: without any one of them they are farther "
+                         "apart)")
     lines.append(f"  time                 {e.seconds:.2f} s")
     return "\n".join(lines)
 

@@ -1,6 +1,7 @@
 """conjure.explain: each word's contribution D_J(a, b) - D_J(a without w, b), its map, its errors, and the
 minimal-pairs validation on the embedded model (slow)."""
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -213,6 +214,28 @@ def test_cli_prints_each_prompt_with_its_words(words_cli, capsys):
     lines = out.splitlines()
     black = next(line for line in lines if line.strip().startswith("black"))
     assert "<- largest" in black
+
+
+def test_a_prompt_whose_words_all_pull_together_has_no_largest_pusher():
+    """ "a happy man" / "a happy woman" on the embedded model: every word's contribution is negative (without
+    any one of them the prompts are farther apart), so none is named as what makes the difference."""
+    from conjure.app_handlers import format_why, most_apart
+    from conjure.cli import format_explanation
+
+    def words(*pairs):
+        return [attribution.WordContribution(word, c, None, "") for word, c in pairs]
+
+    e = attribution.Explanation("a happy man", "a happy woman", 76.5, None,
+                                words(("a", -0.8), ("happy", -58.0), ("man", -15.3)),
+                                words(("a", -1.5), ("happy", -20.9), ("woman", 2.2)),
+                                dataclasses.asdict(conjure.Settings()), "test", "float32", 1.0)
+    out = format_explanation(e)
+    assert "<- largest" not in out.split("prompt B")[0] and "no word of A pushes the prompts apart" in out
+    assert next(line for line in out.splitlines() if line.strip().startswith("woman")).endswith("<- largest")
+    assert "no word of B" not in out
+    table = format_why(e)
+    assert "**a**" not in table and "**woman**" in table
+    assert most_apart(e) == "no word of A pushes them apart, most in B “woman”"
 
 
 def test_cli_json(words_cli, capsys):
