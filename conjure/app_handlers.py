@@ -746,8 +746,8 @@ def highlighted(words, peaks: tuple[float, float]) -> list[tuple[str, float]]:
 def most_apart(e) -> str:
     """Which word of each prompt pushes the two apart most: 'most in A “tiger”, most in B “snow”'. Where every word
     of a prompt pulls them together (each contribution negative), none is named."""
-    return ", ".join(f"most in {which} “{html.escape(top.word)}”" if top.contribution > 0 else
-                     f"no word of {which} pushes them apart" for which, top in (("A", e.top("a")), ("B", e.top("b"))))
+    return ", ".join(f"most in {which} “{html.escape(top.word)}”" if top else f"no word of {which} pushes them apart"
+                     for which, top in (("A", e.top_pushing("a")), ("B", e.top_pushing("b"))))
 
 
 def format_why(e) -> str:
@@ -755,9 +755,9 @@ def format_why(e) -> str:
     number = animation.format_number
     rows = ["| prompt | word | contribution (nats) | the prompt without it |", "|---|---|---:|---|"]
     for which, words in (("A", e.words_a), ("B", e.words_b)):
-        top = e.top(which)
+        top = e.top_pushing(which)
         for w in words:
-            word = f"**{cell(w.word)}**" if w is top and w.contribution > 0 else cell(w.word)
+            word = f"**{cell(w.word)}**" if w is top else cell(w.word)
             se = f" ± {number(w.stderr)}" if w.stderr is not None else ""
             without = cell(w.without) if w.without else "*(the empty prompt)*"
             rows.append(f"| {which} | {word} | {'+' if w.contribution > 0 else ''}{number(w.contribution)}{se} "

@@ -150,6 +150,12 @@ class Explanation:
         words = self.words_a if which in ("a", "A") else self.words_b
         return max(words, key=lambda w: w.contribution)
 
+    def top_pushing(self, which: str) -> WordContribution | None:
+        """`top(which)` where it pushes the prompts apart (contribution > 0); None where every word of the prompt
+        pulls them together, so that no word is named as the reason they differ."""
+        top = self.top(which)
+        return top if top.contribution > 0 else None
+
     def to_dict(self) -> dict:
         """JSON-ready: texts, jeffreys, words_a and words_b ([{"word", "contribution", "stderr"}] in prompt
         order), the settings and how it was computed; no maps or images."""

@@ -435,15 +435,15 @@ def format_explanation(e) -> str:
              f"  contribution of each word: D_J(A, B) - D_J with the word left out ({LEAVE_OUT[e.leave_out]}); "
              "> 0 pushes the prompts apart"]
     for which, text, words in (("A", e.text_a, e.words_a), ("B", e.text_b, e.words_b)):
-        top = e.top(which)
+        top = e.top_pushing(which)
         lines.append(f"  prompt {which}: {text!r}")
         width = max(len(w.word) for w in words)
         for w in words:
             err = f" ± {w.stderr:.3g}" if w.stderr is not None else ""
-            mark = "  <- largest" if w is top and w.contribution > 0 else ""
+            mark = "  <- largest" if w is top else ""
             alone = "  (vs the empty prompt)" if not w.without else ""
             lines.append(f"    {w.word:<{width}}  {w.contribution:+10.4f}{err}{alone}{mark}")
-        if top.contribution <= 0:  # the largest of all-negative contributions is no reason the prompts differ
+        if top is None:
             lines.append(f"    (no word of {which} pushes the prompts apart: without any one of them they are farther "
                          "apart)")
     lines.append(f"  time                 {e.seconds:.2f} s")
