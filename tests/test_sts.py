@@ -27,8 +27,8 @@ import conjure
 from conjure.cli import main
 from conjure.errors import ConjureError
 from conjure.sts.data import (
-    DATASETS, add_full_stops, load_dataset, parse_dataset_names, read_senteval_sts, read_sick, read_stsb_csv,
-    subsample, with_full_stop,
+    DATASETS, check_template, load_dataset, parse_dataset_names, read_senteval_sts, read_sick, read_stsb_csv,
+    prepare_texts, subsample, with_full_stop,
 )
 from conjure.sts.report import correlations
 
@@ -294,9 +294,17 @@ def test_full_stop_rule():
     assert with_full_stop("Done.") == "Done."
 
 
-def test_full_stop_option_changes_the_prompts(tmp_path):
+def test_full_stop_and_template_options_change_the_prompts(tmp_path):
     data = read_stsb_csv(write_stsb(tmp_path, rows=[(1.0, "a dog", "a cat."), (2.0, "x", "y!")]))
-    assert add_full_stops(data).pairs == [("a dog.", "a cat."), ("x.", "y!")]
+    assert prepare_texts(data, add_full_stop=True).pairs == [("a dog.", "a cat."), ("x.", "y!")]
+    assert prepare_texts(data, template="an emoji of {}").pairs == [("an emoji of a dog", "an emoji of a cat."),
+                                                                    ("an emoji of x", "an emoji of y!")]
+    assert prepare_texts(data, add_full_stop=True, template="<{}>").pairs[0] == ("<a dog.>", "<a cat.>")
+    assert prepare_texts(data) is data
+    assert check_template("{} emoji") == "{} emoji" and check_template(None) is None
+    for bad in ("no slot", "{}{}", "{0}", "a {} }", "{word}"):
+        with pytest.raises(ConjureError, match="must hold"):
+            check_template(bad)
 
 
 # --- runs -------------------------------------------------------------------------------------
@@ -522,17 +530,20 @@ def test_stsb_dev_split_is_read_and_all_means_the_test_sets(tmp_path):
     assert "stsb-dev" not in parse_dataset_names("all")
 
 
-def write_run(tmp_path: Path, name: str, cache: Path, scores: list[float], key: str, limit=None) -> Path:
-    """A stored STS run: the scores in the cache under `key` and the report that names them."""
+def write_run(tmp_path: Path, name: str, cache: Path, scores: list[float], key: str, limit=None,
+              method="minilm") -> Path:
+    """A stored STS run: the scores in the cache under `key` and the report that names them (a baseline's scores
+    are read as stored; a diffusion method's rows would need their per-step gaps)."""
     from conjure.sts.store import PairScore, ScoreStore
 
     data = subsample(load_dataset("stsb", tmp_path / "data"), limit)
     store = ScoreStore(cache)
     store.put(key, data.pairs, [PairScore(s) for s in scores])
     store.close()
-    report = {"settings": {"estimator": {"steps": 10, "samples": 1, "guidance": 1.0, "weighting": "girsanov"},
+    report = {"settings": {"estimator": {"steps": 10, "samples": 1, "guidance": 1.0, "weighting": "girsanov",
+                                         "eta": 1.0},
                            "limit": limit, "add_full_stop": False, "cache": str(cache)},
-              "model": {"dtype": "torch.float32"}, "methods": {"conjure": {"key": key}},
+              "model": {"dtype": "torch.float32"}, "methods": {method: {"key": key}},
               "datasets": {"stsb": {}}}
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(report))
@@ -554,11 +565,42 @@ def test_compare_gives_a_paired_bootstrap_interval(tmp_path, capsys):
     exact = write_run(tmp_path, "exact", cache, list(gold), "k2")
     assert compare.main([str(noisy), str(exact), "--data-dir", str(tmp_path / "data"), "--resamples", "300"]) == 0
     row = capsys.readouterr().out.strip().splitlines()[-1]
-    assert row.startswith("| exact.json | T=10 k=1 g=1 girsanov float32 | stsb | conjure | 120 |")
+    assert row.startswith("| exact.json | T=10 k=1 g=1 girsanov float32 | stsb | minilm | 120 |")
     # exact scores rank perfectly: the difference is 100 minus the noisy run's rho, and the interval excludes 0
     diff, low, high = (float(x) for x in re.findall(r"[+-]\d+\.\d+", row))
     assert diff == pytest.approx(100 - 100 * spearmanr(noisy_scores, gold).statistic, abs=0.01)
     assert 0 < low <= diff <= high
+
+
+def test_compare_reads_each_report_under_its_own_weighting_and_template(tmp_path, tiny_model, capsys):
+    """Runs that share a cache share its rows (the weighting is recomputed from the kept gaps); compare must read
+    each run's scores as that run reported them, and pair runs whose templates differ by the items they scored."""
+    from conjure.sts import compare
+
+    data_dir, cache = tmp_path / "data", tmp_path / "cache.sqlite3"
+    write_stsb(data_dir, rows=PAIRS)
+    reports = {}
+    for name, extra in (("girsanov", []), ("uniform", ["--weighting", "uniform"]),
+                        ("template", ["--template", "a picture: {}"])):
+        out = tmp_path / f"{name}.json"
+        assert main([*sts_args(data_dir, tiny_model, cache, "--methods", "conjure", "--steps", "3",
+                               "--batch-size", "8"), *extra, "--json", str(out)]) == 0
+        reports[name] = json.loads(out.read_text())
+    assert reports["uniform"]["methods"]["conjure"]["computed"] == 0  # read back and reweighted
+    capsys.readouterr()
+    paths = [str(tmp_path / f"{n}.json") for n in ("girsanov", "uniform", "template")]
+    assert compare.main([*paths, "--data-dir", str(data_dir), "--resamples", "200"]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()[-2:]
+    rho = {n: r["datasets"]["stsb"]["methods"]["conjure"]["spearman"] for n, r in reports.items()}
+    for row, name in zip(rows, ("uniform", "template")):
+        assert row.startswith(f"| {name}.json |")
+        difference = float(re.findall(r"\| ([+-]\d+\.\d+) \|", row)[0])
+        assert difference == pytest.approx(rho[name] - rho["girsanov"], abs=0.01)
+    # each report's own per-pair scores: another weighting of the same rows, and other rows for the template
+    scores = {n: [row.score for row in compare.run_scores(r, "stsb", "conjure", str(data_dir))[1]]
+              for n, r in reports.items()}
+    assert all(u != g for u, g in zip(scores["uniform"], scores["girsanov"]))
+    assert all(t != g for t, g in zip(scores["template"], scores["girsanov"]))
 
 
 def test_compare_bad_reports_are_clear_errors(tmp_path, capsys):
@@ -568,7 +610,7 @@ def test_compare_bad_reports_are_clear_errors(tmp_path, capsys):
     cache = tmp_path / "cache.sqlite3"
     full = write_run(tmp_path, "full", cache, [float(i) for i in range(len(PAIRS))], "a")
     unscored = tmp_path / "unscored.json"  # a run whose scores are not in the cache
-    unscored.write_text(json.dumps({"settings": {"cache": str(cache)}, "methods": {"conjure": {"key": "b"}},
+    unscored.write_text(json.dumps({"settings": {"cache": str(cache)}, "methods": {"minilm": {"key": "b"}},
                                     "datasets": {"stsb": {}}}))
     assert compare.main([str(full), str(unscored), "--data-dir", str(tmp_path / "data")]) == 2
     err = capsys.readouterr().err
@@ -583,6 +625,10 @@ def test_compare_bad_reports_are_clear_errors(tmp_path, capsys):
     assert compare.main([str(full), str(elsewhere), "--data-dir", str(tmp_path / "data")]) == 2
     assert "the score cache no/such/cache.sqlite3 that the report names is not here" in capsys.readouterr().err
     assert not Path("no/such/cache.sqlite3").exists()
+    # a diffusion method's row without its per-step gaps cannot be read under the report's weighting
+    damaged = write_run(tmp_path, "damaged", cache, [0.0] * len(PAIRS), "c", method="conjure")
+    assert compare.main([str(damaged), str(damaged), "--data-dir", str(tmp_path / "data")]) == 2
+    assert "the score cache has a damaged row" in capsys.readouterr().err
 
 
 # --- MEN: word relatedness ---------------------------------------------------------------------
@@ -703,6 +749,23 @@ def test_men_end_to_end_with_baselines_resume_and_ablation(tmp_path, tiny_model,
         table_without_timing((tmp_path / "second.md").read_text())
 
 
+def test_a_template_reaches_every_method_the_cache_and_the_report(tmp_path, capfd):
+    data_dir, cache = write_men(tmp_path / "data"), tmp_path / "cache.sqlite3"
+    run = ["sts", "--datasets", "men-dev", "--data-dir", str(data_dir), "--methods", "minilm", "--cache", str(cache),
+           "--device", "cpu", "--limit", "3", "--template", "an emoji of a {}"]
+    assert main([*run[:-1], "{}{}"]) == 2
+    assert 'error: the template must hold "{}" exactly once' in capfd.readouterr().err
+    out = tmp_path / "run.json"
+    assert main([*run, "--json", str(out)]) == 0
+    printed = capfd.readouterr().out
+    assert "Template: 'an emoji of a {}'." in printed
+    report = json.loads(out.read_text())
+    assert report["settings"]["template"] == "an emoji of a {}"
+    assert report["command"].endswith("--template 'an emoji of a {}' --json " + str(out))
+    texts = [t for pair in stored_rows(cache) for t in pair]
+    assert len(texts) == 6 and all(t.startswith("an emoji of a ") for t in texts)
+
+
 def test_conjure_cosine_is_scored_cached_and_reweighted(tmp_path, tiny_model, capfd):
     """The cosine method keeps each step's pulls beside its gaps, so a cached run serves every weighting; its score
     is the library's cosine, and the divergence method keeps its own cache."""
@@ -717,7 +780,14 @@ def test_conjure_cosine_is_scored_cached_and_reweighted(tmp_path, tiny_model, ca
     report = json.loads(out.read_text())
     assert report["methods"]["conjure-cosine"]["computed"] == len(PAIRS)
     assert report["methods"]["conjure"]["key"] != report["methods"]["conjure-cosine"]["key"]
-    assert "conjure-cosine" in capfd.readouterr().out
+    # the cosine's run also gives -D_J: the same trajectories, so the divergence method's figure
+    stsb = report["datasets"]["stsb"]["methods"]
+    assert stsb["conjure-cosine"]["jeffreys"]["spearman"] == pytest.approx(stsb["conjure"]["spearman"], abs=1e-6)
+    assert "jeffreys" not in stsb["conjure"] and "jeffreys" not in stsb.get("minilm", {})
+    printed = capfd.readouterr().out
+    assert "conjure-cosine" in printed
+    assert f"**The cosine's run read as −D_J** (Spearman ρ × 100; each cached cosine keeps its divergence): " \
+           f"STS-B {stsb['conjure']['spearman']:.2f}." in printed
 
     model = conjure.load_model(str(tiny_model), device="cpu")
     a, b = PAIRS[0][1:]
@@ -738,4 +808,18 @@ def test_conjure_cosine_is_scored_cached_and_reweighted(tmp_path, tiny_model, ca
 
     again = tmp_path / "again.json"
     assert main([*run, "--weighting", "exact", "--json", str(again)]) == 0
-    assert json.loads(again.read_text())["methods"]["conjure-cosine"]["computed"] == 0
+    again_report = json.loads(again.read_text())
+    assert again_report["methods"]["conjure-cosine"]["computed"] == 0
+
+    # compare reads the cosine's run both ways, each under its report's weighting
+    from conjure.sts import compare
+
+    capfd.readouterr()
+    assert compare.main([str(out), str(again), "--data-dir", str(data_dir), "--resamples", "200"]) == 0
+    printed = {line.split(" | ")[3]: line for line in capfd.readouterr().out.splitlines() if line.startswith("| again")}
+    figures = {n: r["datasets"]["stsb"]["methods"]["conjure-cosine"] for n, r in (("first", report),
+                                                                                 ("again", again_report))}
+    for name, figure in (("conjure-cosine", lambda f: f["spearman"]),
+                         ("conjure-cosine as −D_J", lambda f: f["jeffreys"]["spearman"])):
+        difference = float(re.findall(r"\| ([+-]\d+\.\d+) \|", printed[name])[0])
+        assert difference == pytest.approx(figure(figures["again"]) - figure(figures["first"]), abs=0.01)

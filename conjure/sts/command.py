@@ -26,7 +26,7 @@ import torch
 
 from conjure.options import add_batch_size_option, add_estimator_options, add_model_options, model_from, settings_from
 from conjure.errors import ConjureError
-from conjure.sts.data import DATASETS, add_full_stops, load_dataset, parse_dataset_names, subsample
+from conjure.sts.data import DATASETS, check_template, load_dataset, parse_dataset_names, prepare_texts, subsample
 from conjure.sts.methods import BASELINES, METHODS, parse_method_names
 from conjure.sts.report import dataset_result, markdown, mean_over_datasets
 from conjure.sts.store import ScoreStore, default_cache_path
@@ -50,6 +50,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--limit", type=int, default=None, help="a fixed-seed random subsample of N pairs per dataset")
     p.add_argument("--add-full-stop", action="store_true",
                    help="append '.' to sentences that do not end in punctuation (as the authors' earlier STS code)")
+    p.add_argument("--template", default=None, metavar="TEXT",
+                   help='put every text in this template before any method sees it, "{}" where the text goes, '
+                        'e.g. "an emoji of a {}" for MEN\'s single words on the embedded model (default: none)')
     add_batch_size_option(p)
     p.add_argument("--cache", default=None,
                    help="score cache (SQLite) that makes runs resumable; "
@@ -133,6 +136,8 @@ def command_line(args, datasets: list[str], methods: list[str]) -> str:
         parts += ["--limit", str(args.limit)]
     if args.add_full_stop:
         parts.append("--add-full-stop")
+    if args.template:
+        parts += ["--template", args.template]
     if getattr(args, "ablation", False):
         parts.append("--ablation")
     if {"conjure", "conjure-cosine", "text-encoder"} & set(methods):
@@ -180,7 +185,8 @@ def build_report(args, data, methods, model, scores, counts, processes: int, cac
         "model": model_info,
         "settings": {"estimator": asdict(conjure_method.settings) if conjure_method else None,
                      "batch_size": conjure_method.batch_size if conjure_method else None,
-                     "add_full_stop": args.add_full_stop, "limit": args.limit, "cache": cache},
+                     "add_full_stop": args.add_full_stop, "template": args.template, "limit": args.limit,
+                     "cache": cache},
         "methods": {m.name: {"description": m.description, "key": m.key, "identity": m.identity, **counts[m.name]}
                     for m in methods},
         "datasets": results,
@@ -202,11 +208,12 @@ def cmd_sts(args) -> int:
     method_names = parse_method_names(args.methods, args.baselines)
     if args.limit is not None and args.limit < 1:
         raise ConjureError(f"--limit must be at least 1, got {args.limit}")
+    template = check_template(args.template)
 
     data = []
     for name in dataset_names:
         d = subsample(load_dataset(name, args.data_dir), args.limit)
-        data.append(add_full_stops(d) if args.add_full_stop else d)
+        data.append(prepare_texts(d, add_full_stop=args.add_full_stop, template=template))
     pairs = list(dict.fromkeys(p for d in data for p in d.pairs))  # every distinct pair once
 
     # On a machine without CUDA, processes started by torchrun/mpirun shard over CPU (gloo); with

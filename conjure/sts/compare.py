@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from conjure.errors import ConjureError
-from conjure.sts.data import STSData, add_full_stops, load_dataset, subsample
-from conjure.sts.store import ScoreStore
+from conjure.sts.data import STSData, load_dataset, prepare_texts, subsample
+from conjure.sts.methods import reweighted
+from conjure.sts.store import PairScore, ScoreStore
 
 
 def read_report(path: Path) -> dict:
@@ -34,12 +35,12 @@ def read_report(path: Path) -> dict:
     return report
 
 
-def run_scores(report: dict, dataset: str, method: str, data_dir: str | None) -> tuple[STSData, list[float]]:
-    """The pairs this report's run scored (with their human scores) and the method's scores, in dataset order."""
+def run_scores(report: dict, dataset: str, method: str, data_dir: str | None) -> tuple[STSData, list[PairScore]]:
+    """The items this report's run scored (the dataset's own texts, with their human scores) and the method's
+    scores as the run reported them, in dataset order."""
     settings = report["settings"]
-    data = subsample(load_dataset(dataset, data_dir), settings.get("limit"))
-    if settings.get("add_full_stop"):
-        data = add_full_stops(data)
+    items = subsample(load_dataset(dataset, data_dir), settings.get("limit"))
+    data = prepare_texts(items, add_full_stop=bool(settings.get("add_full_stop")), template=settings.get("template"))
     if not Path(settings["cache"]).is_file():  # a relative path is relative to where the run was started
         raise ConjureError(f"the score cache {settings['cache']} that the report names is not here: "
                            "run this from the folder the STS run was started in")
@@ -52,7 +53,11 @@ def run_scores(report: dict, dataset: str, method: str, data_dir: str | None) ->
     if missing:
         raise ConjureError(f"{len(missing)} of the {len(data)} pairs of {dataset} are not in {settings['cache']} for "
                            f"{method}: run the report's command again (it resumes) or point at the right cache")
-    return data, [stored[p].score for p in data.pairs]
+    rows = {p: stored[p] for p in data.pairs}
+    if method in ("conjure", "conjure-cosine"):  # a shared cache row holds the score of the run that made it
+        estimator = settings["estimator"]
+        rows = reweighted(rows, estimator["weighting"], estimator["eta"], by_cosine=method == "conjure-cosine")
+    return items, [rows[p] for p in data.pairs]
 
 
 def spearman_difference(a, b, gold, axis=-1):
@@ -73,15 +78,20 @@ def compare(reference: dict, other: dict, data_dir: str | None, resamples: int, 
     rows = []
     for dataset in sorted(set(reference["datasets"]) & set(other["datasets"])):
         for method in sorted(set(reference["methods"]) & set(other["methods"])):
-            data, a = run_scores(reference, dataset, method, data_dir)
-            data_b, b = run_scores(other, dataset, method, data_dir)
+            data, rows_a = run_scores(reference, dataset, method, data_dir)
+            data_b, rows_b = run_scores(other, dataset, method, data_dir)
             if data.pairs != data_b.pairs:
-                raise ConjureError(f"{dataset}: the two runs scored different pairs (another --limit or full-stop rule)")
-            a, b, gold = np.array(a), np.array(b), np.array(data.gold)
-            ci = bootstrap((a, b, gold), spearman_difference, paired=True, vectorized=True, n_resamples=resamples,
-                           batch=200, rng=np.random.default_rng(seed)).confidence_interval
-            rows.append({"dataset": dataset, "method": method, "pairs": len(gold),
-                         "difference": float(spearman_difference(a, b, gold)), "low": ci.low, "high": ci.high})
+                raise ConjureError(f"{dataset}: the two runs scored different pairs (another --limit)")
+            measures = {method: lambda row: row.score}
+            if method == "conjure-cosine":  # the cosine's run keeps each pair's D_J: compare that too
+                measures["conjure-cosine as −D_J"] = lambda row: -row.details["jeffreys"]
+            gold = np.array(data.gold)
+            for name, value in measures.items():
+                a, b = np.array([value(r) for r in rows_a]), np.array([value(r) for r in rows_b])
+                ci = bootstrap((a, b, gold), spearman_difference, paired=True, vectorized=True,
+                               n_resamples=resamples, batch=200, rng=np.random.default_rng(seed)).confidence_interval
+                rows.append({"dataset": dataset, "method": name, "pairs": len(gold),
+                             "difference": float(spearman_difference(a, b, gold)), "low": ci.low, "high": ci.high})
     return rows
 
 

@@ -436,5 +436,23 @@ def with_full_stop(text: str) -> str:
     return text if stripped and stripped[-1] in string.punctuation else stripped + "."
 
 
-def add_full_stops(data: STSData) -> STSData:
-    return replace(data, pairs=[(with_full_stop(a), with_full_stop(b)) for a, b in data.pairs])
+def check_template(template: str | None) -> str | None:
+    """A prompt template: text with one "{}" where each phrase goes, e.g. "an emoji of a {}"; None for none."""
+    if template is None:
+        return None
+    if not isinstance(template, str) or template.count("{}") != 1 or "{" in template.replace("{}", "") \
+            or "}" in template.replace("{}", ""):
+        raise ConjureError(f'the template must hold "{{}}" exactly once, where each phrase goes (and no other '
+                           f'braces), e.g. "an emoji of a {{}}"; got {template!r}')
+    return template
+
+
+def prepare_texts(data: STSData, *, add_full_stop: bool = False, template: str | None = None) -> STSData:
+    """The texts as every method sees them: a full stop appended (`add_full_stop`), then each put in `template`."""
+    def prepared(text: str) -> str:
+        text = with_full_stop(text) if add_full_stop else text
+        return template.replace("{}", text) if template else text
+
+    if not add_full_stop and not template:
+        return data
+    return replace(data, pairs=[(prepared(a), prepared(b)) for a, b in data.pairs])

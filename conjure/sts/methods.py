@@ -129,36 +129,44 @@ class ConjureMethod:
                        "weighting": self.settings.weighting, "per_step": {k: r.per_step[k] for k in keep}}
             if self.cosine:
                 details |= {"cosine": r.cosine, "pulls": r.pulls}
-            scores.append(PairScore(self.score_of(r.jeffreys, r.cosine), (bool(r.truncated[0]), bool(r.truncated[1])),
-                                    details, r.seconds))
+            scores.append(PairScore(score_of(r.jeffreys, r.cosine, self.cosine),
+                                    (bool(r.truncated[0]), bool(r.truncated[1])), details, r.seconds))
         return scores
-
-    def score_of(self, jeffreys: float, cosine: float | None) -> float:
-        """-D_J, or the cosine (an undefined cosine, of a text that does not move the model, scores 0)."""
-        if not self.cosine:
-            return -jeffreys
-        return 0.0 if cosine is None else cosine
 
     def read(self, stored: dict[tuple[str, str], PairScore]) -> dict[tuple[str, str], PairScore]:
         """Stored rows as scores under this run's weighting (recomputed from the kept gaps)."""
-        w, eta = self.settings.weighting, self.settings.eta
-        out = {}
-        for pair, row in stored.items():
-            try:
-                r = reweight(row.details["per_step"], w, eta)
-                details = {**row.details, "jeffreys": r.jeffreys, "kl_ab": r.kl_ab, "kl_ba": r.kl_ba, "weighting": w}
-                cosine = None
-                if self.cosine:
-                    if r.pulls is None:  # a row kept without the pulls: reported as damaged, below
-                        raise KeyError("pull_a")
-                    cosine = r.cosine
-                    details |= {"pulls": r.pulls, "cosine": cosine}
-            except (KeyError, TypeError, IndexError, ValueError, conjure.ConjureError):
-                raise conjure.ConjureError(
-                    f"the score cache has a damaged row for {pair!r} (no usable per-step gaps); delete that "
-                    "cache file (--cache) or point --cache at a new one, and run again") from None
-            out[pair] = replace(row, score=self.score_of(r.jeffreys, cosine), details=details)
-        return out
+        return reweighted(stored, self.settings.weighting, self.settings.eta, self.cosine)
+
+
+def score_of(jeffreys: float, cosine: float | None, by_cosine: bool) -> float:
+    """-D_J, or the cosine (an undefined cosine, of a text that does not move the model, scores 0)."""
+    if not by_cosine:
+        return -jeffreys
+    return 0.0 if cosine is None else cosine
+
+
+def reweighted(stored: dict[tuple[str, str], PairScore], weighting: str, eta: float,
+               by_cosine: bool) -> dict[tuple[str, str], PairScore]:
+    """A diffusion method's stored rows as scores under `weighting`: the cache keeps each step's gaps (and pulls),
+    and one row serves every weighting, so a row's stored score is that of whichever run scored it first."""
+    out = {}
+    for pair, row in stored.items():
+        try:
+            r = reweight(row.details["per_step"], weighting, eta)
+            details = {**row.details, "jeffreys": r.jeffreys, "kl_ab": r.kl_ab, "kl_ba": r.kl_ba,
+                       "weighting": weighting}
+            cosine = None
+            if by_cosine:
+                if r.pulls is None:  # a row kept without the pulls: reported as damaged, below
+                    raise KeyError("pull_a")
+                cosine = r.cosine
+                details |= {"pulls": r.pulls, "cosine": cosine}
+        except (KeyError, TypeError, IndexError, ValueError, conjure.ConjureError):
+            raise conjure.ConjureError(
+                f"the score cache has a damaged row for {pair!r} (no usable per-step gaps); delete that "
+                "cache file (--cache) or point --cache at a new one, and run again") from None
+        out[pair] = replace(row, score=score_of(r.jeffreys, cosine, by_cosine), details=details)
+    return out
 
 
 class ConjureCosineMethod(ConjureMethod):

@@ -44,6 +44,9 @@ def dataset_result(data: STSData, scores: dict[tuple[str, str], PairScore]) -> d
     result = correlations(data.gold, values)
     result["truncated_prompts"] = sum(int(s.truncated[0]) + int(s.truncated[1]) for s in per_pair)
     result["seconds"] = sum(s.seconds for s in per_pair)  # compute time, whenever it was spent
+    if per_pair and all("cosine" in s.details and "jeffreys" in s.details for s in per_pair):
+        # the cosine's run sampled the same trajectories as -D_J's and keeps each pair's D_J: both from one run
+        result["jeffreys"] = correlations(data.gold, [-s.details["jeffreys"] for s in per_pair])
     if data.subsets and len(set(data.subsets)) > 1:
         result["subsets"] = {}
         for subset in dict.fromkeys(data.subsets):
@@ -81,6 +84,11 @@ def markdown(report: dict) -> str:
         if len(datasets) > 1:
             out.append("| **mean** | | " + " | ".join(_cell(report["mean"][m][metric]) for m in methods) + " |")
         out.append("")
+    same_run = [(d["title"], d["methods"][m]["jeffreys"]) for d in datasets.values() for m in methods
+                if "jeffreys" in d["methods"][m]]
+    if same_run:
+        out += ["**The cosine's run read as −D_J** (Spearman ρ × 100; each cached cosine keeps its divergence): "
+                + ", ".join(f"{title} {_cell(r['spearman'])}" for title, r in same_run) + ".", ""]
     out += ["**Prompts truncated by the text encoder** (of 2 × pairs)", "", "| dataset | " + " | ".join(methods) + " |",
             "|---|" + "---:|" * len(methods)]
     for d in datasets.values():
@@ -98,6 +106,7 @@ def markdown(report: dict) -> str:
     data = report["settings"]
     out.append(f"Data: {'; '.join(d['title'] + ' from ' + d['source'] for d in datasets.values())}. "
                f"Full stop appended: {'yes' if data['add_full_stop'] else 'no'}. "
+               f"Template: {repr(data['template']) if data.get('template') else 'none'}. "
                f"Limit: {data['limit'] if data['limit'] else 'none (all pairs)'}.")
     for d in datasets.values():
         for note in d.get("notes", []):
