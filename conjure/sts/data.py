@@ -440,8 +440,8 @@ def check_template(template: str | None) -> str | None:
     """A prompt template: text with one "{}" where each phrase goes, e.g. "an emoji of a {}"; None for none."""
     if template is None:
         return None
-    if not isinstance(template, str) or template.count("{}") != 1 or "{" in template.replace("{}", "") \
-            or "}" in template.replace("{}", ""):
+    rest = template.replace("{}", "", 1) if isinstance(template, str) else "{"
+    if "{" in rest or "}" in rest or rest == template:
         raise ConjureError(f'the template must hold "{{}}" exactly once, where each phrase goes (and no other '
                            f'braces), e.g. "an emoji of a {{}}"; got {template!r}')
     return template
